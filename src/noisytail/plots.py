@@ -1,0 +1,59 @@
+"""Plots people would rather look at than read: class distributions, confidence histograms."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def class_distribution(
+    path: str | os.PathLike,
+    class_names: Sequence[str],
+    series: dict[str, Sequence[int]],
+    title: str = "Training images per class",
+) -> Path:
+    """Grouped bars per class, classes sorted by the first series (the long tail, left to right)."""
+    first = np.asarray(next(iter(series.values())))
+    order = np.argsort(-first, kind="stable")
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names)), 4))
+    for k, (name, counts) in enumerate(series.items()):
+        ax.bar(np.arange(len(order)) + k * width, np.asarray(counts)[order], width, label=name)
+    ax.set_xticks(np.arange(len(order)) + width * (len(series) - 1) / 2)
+    ax.set_xticklabels([class_names[i] for i in order], rotation=45, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("images (log scale)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confidence_histogram(
+    path: str | os.PathLike, confidence: np.ndarray, consistent: np.ndarray, title: str
+) -> Path:
+    """The seed's Figure 1: top-1 confidence, prediction consistent vs inconsistent with label."""
+    bins = np.linspace(0, 1, 41)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(confidence[consistent], bins=bins, alpha=0.7, label="prediction == label")
+    ax.hist(confidence[~consistent], bins=bins, alpha=0.7, label="prediction != label")
+    ax.set_xlabel("top-1 probability")
+    ax.set_ylabel("training samples")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
