@@ -44,7 +44,8 @@ def jpeg_rows(folder: Path, count: int) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     for i in range(count):  # smooth random photos: JPEG decode cost is realistic
         small = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((256, 256), Image.BICUBIC).save(folder / f"{i}.jpg", quality=90)
+        photo = Image.fromarray(small).resize((256, 256), Image.BICUBIC)
+        photo.save(folder / f"{i}.jpg", quality=90)
     paths = [f"{i}.jpg" for i in range(count)]
     return pd.DataFrame({"sample_id": paths, "path": paths, "label": 0})
 
