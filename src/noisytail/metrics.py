@@ -1,0 +1,39 @@
+"""Classification metrics; the challenge's is mean class error (1 - mean per-class recall)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from noisytail.data.benchmark import shot_group
+
+
+def per_class_recall(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """Recall of each class; NaN for a class with no samples."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    support = np.bincount(target, minlength=num_classes).astype(np.float64)
+    hits = np.bincount(target[pred == target], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, hits / support, np.nan)
+
+
+def classification_report(
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int,
+    train_counts: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """top-1 and mean class error in percent; with ``train_counts``, many/medium/few accuracy."""
+    recall = per_class_recall(pred, target, num_classes)
+    report = {
+        "top1": 100.0 * float(np.mean(np.asarray(pred) == np.asarray(target))),
+        "mean_class_error": 100.0 * (1.0 - float(np.nanmean(recall))),
+    }
+    if train_counts is not None:
+        groups = np.array([shot_group(int(n)) for n in train_counts])
+        for group in ("many", "medium", "few"):
+            members = recall[(groups == group) & ~np.isnan(recall)]
+            if len(members):
+                report[f"{group}_accuracy"] = 100.0 * float(members.mean())
+    return report

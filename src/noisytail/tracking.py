@@ -1,0 +1,112 @@
+"""MLflow tracking: one run per training, logged by the main process only.
+
+The tracking URI comes from ``MLFLOW_TRACKING_URI``, else ``tracking.uri`` in params, else
+``sqlite:///mlflow.db`` in the working directory (the repo root under DVC). A remote server that
+does not answer fails the run at start, not after an hour of training.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from noisytail.config import flatten
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def tracking_uri(configured: str = "") -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Ask an HTTP tracking server for /health; file and sqlite stores need no check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status != 200:
+                raise TrackingUnavailable(f"MLflow server {uri} answered {response.status}")
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({error}); start it, fix "
+            f"MLFLOW_TRACKING_URI / tracking.uri, or unset them to log to {DEFAULT_URI}"
+        ) from error
+
+
+def git_commit(cwd: str | os.PathLike = ".") -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+class RunTracker:
+    """A thin wrapper over one MLflow run; every method is a no-op when ``enabled`` is False."""
+
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str,
+        uri: str = "",
+        enabled: bool = True,
+        tags: Mapping[str, str] | None = None,
+        resume_file: str | os.PathLike | None = None,
+    ) -> None:
+        self.enabled, self.run_id = enabled, None
+        if not enabled:
+            return
+        import mlflow  # heavy: imported only where a run is logged
+
+        self.mlflow = mlflow
+        self.uri = tracking_uri(uri)
+        check_reachable(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(experiment)
+        # A resumed training continues the MLflow run it started, rather than opening another.
+        resume_file = Path(resume_file) if resume_file else None
+        previous = resume_file.read_text().strip() if resume_file and resume_file.exists() else None
+        self.run = mlflow.start_run(run_id=previous, run_name=None if previous else run_name,
+                                    tags=dict(tags or {}))  # fmt: skip
+        self.run_id = self.run.info.run_id
+        if resume_file and not previous:
+            resume_file.parent.mkdir(parents=True, exist_ok=True)
+            resume_file.write_text(self.run_id)
+        commit = git_commit()
+        if commit:
+            mlflow.set_tag("mlflow.source.git.commit", commit)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.enabled and not self.mlflow.get_run(self.run_id).data.params:
+            flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+            self.mlflow.log_params(flat)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.enabled:
+            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_dataset(self, table, source: str, name: str, digest: str, round_: str = "") -> None:
+        """The training manifest as an MLflow dataset input (digest and DVC round as tags)."""
+        if self.enabled and not self.mlflow.get_run(self.run_id).inputs.dataset_inputs:
+            dataset = self.mlflow.data.from_pandas(table, source=source, name=name, digest=digest)
+            tags = {"dvc_round": round_} if round_ else None
+            self.mlflow.log_input(dataset, context="training", tags=tags)
+
+    def log_artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
+        if self.enabled and Path(path).exists():
+            self.mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.mlflow.active_run() is not None:
+            self.mlflow.end_run(status=status)

@@ -1,0 +1,285 @@
+"""The training loop: one code path for a CPU, one GPU, many GPUs and many nodes (Accelerate).
+
+Read top to bottom: build the loaders, prepare with Accelerate, resume from the last epoch
+checkpoint if there is one, then for each epoch train, evaluate, log and checkpoint. A run that
+finished (``done.json``) is not repeated; a run killed at any point resumes from its last
+checkpoint and ends with the weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.samplers import build_sampler
+from noisytail.metrics import classification_report
+from noisytail.models.network import NoisyTailNet, save_network
+from noisytail.tracking import RunTracker
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train:`` in params.yaml (the hi-res and cRT sections override parts of it)."""
+
+    epochs: int = 10
+    batch_size: int = 128  # per process
+    optimizer: str = "sgd"  # sgd | adamw
+    base_lr: float = 0.1  # learning rate per 256 images: lr = base_lr * global batch / 256
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    schedule: str = "step"  # step | cosine
+    milestones: tuple[int, ...] = (14, 20)  # step decay epochs
+    gamma: float = 0.1
+    warmup_epochs: float = 2.0
+    min_lr: float = 0.0  # cosine floor
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    grad_clip: float = 0.0  # max gradient norm (0: off)
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    sampler: str = "instance_balanced"
+    image_size: int = 32
+    workers: int = 2
+    keep_checkpoints: int = 1
+    cpu: bool = False  # force the CPU even where a GPU is present
+
+
+def learning_rate(step: int, steps_per_epoch: int, peak: float, config: TrainConfig) -> float:
+    """Linear warm-up to ``peak``, then step decay at the milestones or cosine to ``min_lr``."""
+    epoch = step / steps_per_epoch
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if config.schedule == "step":
+        return peak * config.gamma ** sum(epoch >= m for m in config.milestones)
+    if config.schedule == "cosine":
+        span = max(config.epochs - config.warmup_epochs, 1e-8)
+        progress = min((epoch - config.warmup_epochs) / span, 1.0)
+        return config.min_lr + (peak - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"train.schedule must be 'step' or 'cosine', got {config.schedule!r}")
+
+
+def build_optimizer(params: Sequence[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=0.0, weight_decay=config.weight_decay)
+    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}")
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, accelerator: Accelerator, num_classes: int
+) -> dict[str, float]:
+    """Top-1 and mean class error over the whole loader, exact under several processes."""
+    model.eval()
+    predictions, targets = [], []
+    for images, labels, _ in loader:
+        with accelerator.autocast():
+            logits = model(images)
+        pred, target = accelerator.gather_for_metrics((logits.argmax(1), labels))
+        predictions.append(pred.cpu())
+        targets.append(target.cpu())
+    report = classification_report(
+        torch.cat(predictions).numpy(), torch.cat(targets).numpy(), num_classes
+    )
+    return {f"val_{k}": v for k, v in report.items()}
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete epoch checkpoint (incomplete ones are written under a .tmp name)."""
+    done = sorted(p for p in folder.glob("epoch_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def fit(
+    model: NoisyTailNet,
+    train_set: ImageDataset,
+    val_set: ImageDataset | None,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    classes: tuple[str, ...],
+    seed: int = 0,
+    frozen: Sequence[nn.Module] = (),
+    tracker: RunTracker | None = None,
+    accelerator: Accelerator | None = None,
+    fingerprint: str = "",
+) -> dict:
+    """Train ``model``; write ``model.safetensors`` and ``done.json`` (history) to ``out_dir``.
+
+    ``fingerprint`` identifies the run's inputs: checkpoints left in ``out_dir`` by a run with
+    another fingerprint are discarded instead of resumed.
+    """
+    out_dir = Path(out_dir)
+    accelerator = accelerator or make_accelerator(config)
+    checkpoints, done_file = out_dir / "checkpoints", out_dir / "done.json"
+    if accelerator.is_main_process:
+        claim_run_dir(out_dir, fingerprint or json.dumps(asdict(config), sort_keys=True))
+    accelerator.wait_for_everyone()
+    if done_file.exists():  # a finished run is not repeated
+        return json.loads(done_file.read_text())
+
+    # Data: our sampler already gives each rank its own share, so the training loader is not
+    # passed through accelerator.prepare; the evaluation loader is (for gather_for_metrics).
+    sampler = build_sampler(
+        config.sampler, train_set.labels.numpy(), num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index, seed=seed,
+    )  # fmt: skip
+    train_loader = DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+        num_workers=config.workers, pin_memory=accelerator.device.type == "cuda",
+    )  # fmt: skip
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"train.batch_size {config.batch_size} x {accelerator.num_processes} process(es) is "
+            f"larger than the {len(train_set)} training samples"
+        )
+    peak_lr = config.base_lr * config.batch_size * accelerator.num_processes / 256
+
+    # Model and optimiser: frozen parts get no gradients and stay in eval mode (BN stats fixed).
+    for module in frozen:
+        module.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, config)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    val_loader = None
+    if val_set is not None:
+        val_loader = accelerator.prepare(
+            DataLoader(val_set, batch_size=2 * config.batch_size, num_workers=config.workers)
+        )
+    mixup = None
+    if config.mixup > 0 or config.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=config.mixup, cutmix_alpha=config.cutmix,
+            label_smoothing=config.label_smoothing, num_classes=len(classes),
+        )  # fmt: skip
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    # Resume: model, optimiser and RNG states of the last finished epoch.
+    start_epoch, history = 0, []
+    latest = latest_checkpoint(checkpoints)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        history = json.loads((latest / "history.json").read_text())
+        start_epoch = len(history)
+        accelerator.print(f"resuming from {latest} (epoch {start_epoch} of {config.epochs})")
+
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        model.train()
+        for module in frozen:
+            module.eval()
+        loss_sum, seen, started = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+            disable=not accelerator.is_local_main_process,
+        )  # fmt: skip
+        for step_in_epoch, (images, labels, _) in enumerate(bar):
+            lr = learning_rate(epoch * steps_per_epoch + step_in_epoch, steps_per_epoch, peak_lr,
+                               config)  # fmt: skip
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, targets = images.to(accelerator.device), labels.to(accelerator.device)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            with accelerator.autocast():
+                loss = criterion(model(images), targets)
+            accelerator.backward(loss)
+            if config.grad_clip > 0:
+                accelerator.clip_grad_norm_(trainable, config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach() * len(images)
+            seen += len(images)
+            rate = seen * accelerator.num_processes / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
+
+        metrics = {
+            "train_loss": accelerator.reduce(loss_sum / seen, "mean").item(),
+            "lr": lr,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        if val_loader is not None:
+            metrics.update(evaluate(model, val_loader, accelerator, len(classes)))
+        history.append({"epoch": epoch + 1, **metrics})
+        accelerator.print(
+            f"epoch {epoch + 1}/{config.epochs} "
+            + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        )
+        if tracker is not None:
+            tracker.log_metrics(metrics, step=epoch + 1)
+        save_checkpoint(accelerator, checkpoints, epoch, history, config.keep_checkpoints)
+
+    result = {"history": history, "final": history[-1] if history else {},
+              "config": asdict(config), "num_processes": accelerator.num_processes}  # fmt: skip
+    if accelerator.is_main_process:
+        save_network(accelerator.unwrap_model(model), out_dir / "model.safetensors", classes)
+        done_file.write_text(json.dumps(result, indent=1))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def claim_run_dir(out_dir: Path, fingerprint: str) -> None:
+    """Keep ``out_dir``'s checkpoints only if they were made by a run with this fingerprint."""
+    stamp = out_dir / "fingerprint"
+    if stamp.exists() and stamp.read_text() != fingerprint:
+        print(f"{out_dir}: inputs changed since the last run; starting afresh")
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        for name in ("done.json", "model.safetensors", "model.json", "mlflow_run_id"):
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+
+
+def save_checkpoint(
+    accelerator: Accelerator, folder: Path, epoch: int, history: list, keep: int
+) -> Path:
+    """``accelerator.save_state`` under a temporary name, renamed once complete."""
+    final = folder / f"epoch_{epoch:04d}"
+    partial = folder / f"epoch_{epoch:04d}.tmp"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / "history.json").write_text(json.dumps(history))
+        partial.rename(final)
+        for old in sorted(p for p in folder.glob("epoch_*") if not p.name.endswith(".tmp"))[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch RNGs (model initialisation, dropout, mixup)."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    np.random.seed(seed)

