@@ -22,6 +22,8 @@ def main() -> None:
     data = from_mapping(DataConfig, params.get("data"), "data")
     benchmark = from_mapping(BenchmarkConfig, params.get("benchmark"), "benchmark")
     out = Path(args.out)
+    # DVC output even for user data, whose images stay where they are (only FMNIST writes here)
+    (out / "images").mkdir(parents=True, exist_ok=True)
     manifest, summary = prepare(data, benchmark, out, seed=params.get("seed", 0))
 
     write_manifest(manifest, out / "manifest.parquet")

@@ -138,7 +138,7 @@ def test_two_processes_stay_in_sync_and_gather_exact_metrics(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-              str(REPO / "tests" / "two_process_job.py"), str(path), str(out)]  # fmt: skip
+              str(REPO / "tests" / "two_process_job.py"), "train", str(path), str(out)]  # fmt: skip
     subprocess.run(launch, check=True, capture_output=True, timeout=300)
     rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     for key in rank0:
@@ -156,3 +156,18 @@ def test_two_processes_stay_in_sync_and_gather_exact_metrics(tmp_path):
     expected = classification_report(logits.argmax(1).numpy(), val.labels.numpy(), 3)
     assert np.isclose(done["final"]["val_top1"], expected["top1"])
     assert np.isclose(done["final"]["val_mean_class_error"], expected["mean_class_error"])
+
+    # Prediction on two processes: every sample exactly once, in order, as on one process.
+    subprocess.run([*launch[:-3], "predict", str(path), str(out)], check=True, capture_output=True,
+                   timeout=300)  # fmt: skip
+    from accelerate import Accelerator
+
+    from noisytail.prediction import predict_top_k, read_predictions
+
+    two = read_predictions(out / "predictions-2proc.parquet")
+    one = predict_top_k(model, val, Accelerator(cpu=True), top_k=2, batch_size=4, workers=0,
+                        with_embedding=True)  # fmt: skip
+    assert two["sample_id"].tolist() == one["sample_id"].tolist() == val.sample_ids
+    for column in ("topk_index", "topk_prob", "embedding"):
+        np.testing.assert_allclose(np.stack(two[column]), np.stack(one[column]), atol=1e-5)
+    np.testing.assert_allclose(two["label_prob"], one["label_prob"], atol=1e-6)

@@ -56,6 +56,7 @@ class TrainConfig:
     image_size: int = 32
     workers: int = 2
     keep_checkpoints: int = 1
+    snapshot_epochs: tuple[int, ...] = ()  # also keep model_epoch_<e>.safetensors (early weights)
     cpu: bool = False  # force the CPU even where a GPU is present
 
 
@@ -234,6 +235,9 @@ def fit(
         )
         if tracker is not None:
             tracker.log_metrics(metrics, step=epoch + 1)
+        if epoch + 1 in config.snapshot_epochs and accelerator.is_main_process:
+            snapshot = out_dir / f"model_epoch_{epoch + 1}.safetensors"
+            save_network(accelerator.unwrap_model(model), snapshot, classes)
         save_checkpoint(accelerator, checkpoints, epoch, history, config.keep_checkpoints)
 
     result = {"history": history, "final": history[-1] if history else {},
@@ -242,6 +246,7 @@ def fit(
         save_network(accelerator.unwrap_model(model), out_dir / "model.safetensors", classes)
         done_file.write_text(json.dumps(result, indent=1))
     accelerator.wait_for_everyone()
+    accelerator.free_memory()  # forget this model, so a later fit's save_state holds only its own
     return result
 
 

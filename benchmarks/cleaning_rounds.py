@@ -1,0 +1,163 @@
+"""Iterative cleaning on FMNIST-LT-N, measured against the truth, beside CE-noisy and CE-oracle.
+
+Per round: detection precision / recall / F1 of the dropped set (and cleanlab's
+find_label_issues on the very same probabilities), residual noise of the kept set, clean samples
+kept (overall and the worst class, since the first round), and the test mean class error of the
+model trained on that round's data. CE-noisy is the model trained on the noisy labels (round 1's
+model); CE-oracle the same samples with their true labels, same recipe and budget.
+
+    pip install -r benchmarks/requirements.txt   # cleanlab
+    python benchmarks/cleaning_rounds.py [--rounds 3] [--epochs 12] [--work outputs/cleaning]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from accelerate import Accelerator
+from common import print_table, write_result
+
+from noisytail.cleaning import (
+    CleaningConfig,
+    apply_decisions,
+    clean_retention,
+    decide,
+    detection_report,
+    scores,
+)
+from noisytail.config import from_mapping, load_params
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import Manifest, read_manifest
+from noisytail.data.transforms import AugmentConfig, eval_transform
+from noisytail.metrics import classification_report
+from noisytail.models.network import ModelConfig, load_network
+from noisytail.prediction import predict_top_k, top_k_arrays
+from noisytail.training.crossfit import out_of_fold_predictions
+from noisytail.training.engine import TrainConfig
+from noisytail.training.recipes import RecipeConfig, run_recipe
+
+
+def probability_matrix(predictions: pd.DataFrame, num_classes: int) -> np.ndarray:
+    """N x C from stored top-k (exact when k = C; otherwise the rest shares the leftover mass)."""
+    index, prob = top_k_arrays(predictions)
+    full = np.zeros((len(index), num_classes))
+    leftover = np.clip(1 - prob.sum(1, keepdims=True), 0, None) / max(
+        num_classes - index.shape[1], 1
+    )
+    full += leftover
+    np.put_along_axis(full, index, prob, axis=1)
+    return full / full.sum(1, keepdims=True)
+
+
+def cleanlab_detection(predictions: pd.DataFrame, true_label: np.ndarray, num_classes: int) -> dict:
+    from cleanlab.filter import find_label_issues
+
+    labels = predictions["label"].to_numpy()
+    issues = find_label_issues(labels, probability_matrix(predictions, num_classes))
+    noisy = labels != true_label
+    hit = int((issues & noisy).sum())
+    precision, recall = hit / max(int(issues.sum()), 1), hit / max(int(noisy.sum()), 1)
+    return {"precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / max(precision + recall, 1e-12)}  # fmt: skip
+
+
+def test_report(model_file: Path, manifest: Manifest, size: int) -> dict:
+    model, _ = load_network(model_file)
+    dataset = ImageDataset.from_manifest(manifest, "test", eval_transform(size))
+    table = predict_top_k(model, dataset, Accelerator(cpu=True), top_k=1, workers=2)
+    return classification_report(
+        np.stack(table["topk_index"])[:, 0], dataset.labels.numpy(), manifest.num_classes,
+        manifest.class_counts("train", "true_label").to_numpy(),
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--manifest", default="data/prepared/manifest.parquet")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=0, help="0: params.yaml train.epochs")
+    parser.add_argument("--work", default="outputs/cleaning", help="models and predictions")
+    parser.add_argument("--name", default="cleaning_rounds", help="results/<name>.json")
+    args = parser.parse_args()
+
+    params = load_params()
+    model_config = from_mapping(ModelConfig, params["model"], "model")
+    train_config = from_mapping(TrainConfig, params["train"], "train")
+    if args.epochs:
+        train_config = replace(train_config, epochs=args.epochs)
+    augment = AugmentConfig.from_params(params.get("augment"))
+    cleaning = from_mapping(
+        CleaningConfig, {k: v for k, v in params["cleaning"].items() if k != "rounds"}, "cleaning"
+    )
+    seed, work, size = params.get("seed", 0), Path(args.work), train_config.image_size
+    accelerator = Accelerator(cpu=True)
+
+    def train(manifest: Manifest, name: str) -> dict:
+        run_recipe(RecipeConfig(), model_config, train_config, augment, manifest, work / name,
+                   seed=seed, accelerator=accelerator)  # fmt: skip
+        return test_report(work / name / "model.safetensors", original, size)
+
+    original = read_manifest(args.manifest)
+    oracle_table = original.table.assign(label=original.table["true_label"])
+    rows = [{"model": "CE-oracle", **train(original.with_table(oracle_table), "ce_oracle")}]
+    rows.append({"model": "CE-noisy", **train(original, "round_1")})
+    print_table(rows)
+
+    manifest, reports = original, []
+    for r in range(1, args.rounds + 1):
+        train_rows = manifest.split("train")
+        if cleaning.predictions == "out_of_fold":
+            predictions = out_of_fold_predictions(
+                manifest, cleaning.folds, model_config, train_config, augment, work / f"oof_{r}",
+                seed=seed, accelerator=accelerator,
+            )  # fmt: skip
+        else:
+            weights = work / f"round_{r}" / (
+                f"model_epoch_{cleaning.early_epoch}.safetensors"
+                if cleaning.predictions == "early" else "model.safetensors"
+            )  # fmt: skip
+            model, _ = load_network(weights)
+            dataset = ImageDataset(train_rows, manifest.image_root, eval_transform(size))
+            predictions = predict_top_k(model, dataset, accelerator, top_k=10, workers=2)
+        truth = train_rows["true_label"].to_numpy()
+        decided = decide(scores(predictions, manifest.num_classes, cleaning.prior_correction),
+                         cleaning)  # fmt: skip
+        detection = detection_report(decided, truth, manifest.classes)
+        kept = apply_decisions(train_rows, decided)
+        retention = clean_retention(kept, original.split("train"), manifest.classes)
+        cleanlab = cleanlab_detection(predictions, truth, manifest.num_classes)
+        manifest = manifest.with_table(
+            pd.concat([kept, manifest.table[manifest.table["split"] != "train"]])
+        )
+        test = train(manifest, f"round_{r + 1}")
+        reports.append({"round": r, "detection": detection, "retention": retention,
+                        "cleanlab": cleanlab, "test_after": test})  # fmt: skip
+        rows.append({
+            "model": f"round {r} data", **test,
+            "precision": detection["precision"], "recall": detection["recall"],
+            "f1": detection["f1"], "cleanlab_f1": cleanlab["f1"],
+            "residual_noise": detection["residual_noise"],
+            "clean_kept": retention["clean_kept_share"],
+            "worst_class_clean_kept": retention["min_class_clean_kept_share"],
+        })  # fmt: skip
+        print_table(
+            [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}]
+        )
+
+    table = [
+        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()} for row in rows
+    ]
+    print()
+    print_table([{k: row.get(k, "") for k in table[-1]} for row in table])
+    write_result(args.name, table, cleaning=cleaning.__dict__, epochs=train_config.epochs,
+                 backbone=model_config.backbone, rounds=reports)  # fmt: skip
+    (work / "rounds.json").write_text(json.dumps(reports, indent=1))
+
+
+if __name__ == "__main__":
+    main()

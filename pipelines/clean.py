@@ -1,0 +1,99 @@
+"""DVC stage `clean`: one cleaning round. Reads the round's input manifest and the predictions
+of the model trained on it; writes the cleaned manifest, report.json, plots and an MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from noisytail.cleaning import (
+    CleaningConfig,
+    apply_decisions,
+    clean_retention,
+    decide,
+    decision_counts,
+    detection_report,
+    scores,
+)
+from noisytail.config import from_mapping, load_params
+from noisytail.data.manifest import read_manifest, write_manifest
+from noisytail.plots import confidence_histogram
+from noisytail.prediction import read_predictions
+from noisytail.tracking import RunTracker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--manifest", required=True, help="the round's input manifest")
+    parser.add_argument("--predictions", required=True, help="predictions of its training split")
+    parser.add_argument("--out", required=True, help="folder for the cleaned manifest and report")
+    parser.add_argument("--round", default="")
+    parser.add_argument("--original", default="", help="manifest before the first round")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    section = {k: v for k, v in (params.get("cleaning") or {}).items() if k != "rounds"}
+    config = from_mapping(CleaningConfig, section, "cleaning")
+    manifest = read_manifest(args.manifest)
+    train = manifest.split("train")
+    predictions = read_predictions(args.predictions)
+    if predictions["sample_id"].tolist() != train["sample_id"].tolist():
+        raise SystemExit(
+            f"{args.predictions} does not predict the training split of {args.manifest}"
+        )
+
+    decided = decide(scores(predictions, manifest.num_classes, config.prior_correction), config)
+    kept = apply_decisions(train, decided)
+    others = manifest.table[manifest.table["split"] != "train"]
+    if "original_label" not in others:
+        others = others.assign(original_label=others["label"])
+    cleaned = manifest.with_table(pd.concat([kept, others], ignore_index=True))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = decision_counts(decided, manifest.classes)
+    report = {"round": args.round, "config": asdict(config),
+              "per_class": counts.reset_index(names="class").to_dict("records"),
+              "kept": int(len(kept)), "dropped": int((decided["action"] == "drop").sum()),
+              "relabelled": int((decided["action"] == "relabel").sum())}  # fmt: skip
+    if "true_label" in train:  # benchmarks only: how good were the decisions?
+        report["truth"] = detection_report(
+            decided, train["true_label"].to_numpy(), manifest.classes
+        )
+        if args.original:
+            original = read_manifest(args.original).split("train")
+            report["truth"]["since_first_round"] = clean_retention(kept, original, manifest.classes)
+    write_manifest(cleaned, out / "manifest.parquet")
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    counts.reset_index(names="class").to_csv(out / "per_class.csv", index=False)
+    consistent = (decided["pred"] == decided["label"]).to_numpy()
+    confidence_histogram(out / "confidence.png", decided["confidence"].to_numpy(), consistent,
+                         f"Round {args.round}: top-1 confidence on the training set")  # fmt: skip
+
+    tracking = params.get("tracking") or {}
+    tracker = RunTracker(tracking.get("experiment", "noisytail"), f"round_{args.round}/clean",
+                         uri=tracking.get("uri", ""), tags={"dvc_round": args.round})  # fmt: skip
+    tracker.log_params({"cleaning": asdict(config), "manifest": args.manifest})
+    flat = {k: v for k, v in report.get("truth", {}).items() if isinstance(v, (int, float))}
+    tracker.log_metrics({"kept": report["kept"], "dropped": report["dropped"],
+                         "relabelled": report["relabelled"], **flat})  # fmt: skip
+    tracker.log_artifact(out / "confidence.png")
+    tracker.log_artifact(out / "report.json")
+    tracker.end()
+    print(f"round {args.round}: kept {report['kept']}, dropped {report['dropped']}, "
+          f"relabelled {report['relabelled']}")  # fmt: skip
+    if "truth" in report:
+        t = report["truth"]
+        print(f"  vs truth: precision {t['precision']:.3f} recall {t['recall']:.3f} "
+              f"F1 {t['f1']:.3f}, residual noise {t['residual_noise']:.3f}, "
+              f"clean lost {t['clean_lost']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""DVC stage `predict`: a model's top-k predictions for one split of a manifest (parquet).
+
+accelerate launch pipelines/predict.py --model M --manifest X --split train --out P
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from noisytail.cleaning import PREDICTION_SOURCES
+from noisytail.config import from_mapping, load_params
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import read_manifest
+from noisytail.data.transforms import AugmentConfig, eval_transform
+from noisytail.models.network import ModelConfig, load_network
+from noisytail.prediction import predict_top_k, write_predictions
+from noisytail.training.crossfit import out_of_fold_predictions
+from noisytail.training.engine import TrainConfig, make_accelerator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="model.safetensors, or a training folder")
+    parser.add_argument(
+        "--for-cleaning",
+        action="store_true",
+        help="predictions as params cleaning.predictions says: in_sample (the "
+        "final model), early (its early_epoch snapshot), out_of_fold (k models)",
+    )
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", required=True, help="predictions parquet")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--embedding", action="store_true", help="also store the embedding")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    train = params.get("train") or {}
+    manifest = read_manifest(args.manifest)
+    accelerator = make_accelerator(TrainConfig(mixed_precision=train.get("mixed_precision", "no")))
+    source = (params.get("cleaning") or {}).get("predictions", "in_sample")
+    if args.for_cleaning and source not in PREDICTION_SOURCES:
+        raise SystemExit(
+            f"cleaning.predictions must be one of {PREDICTION_SOURCES}, got {source!r}"
+        )
+    if args.for_cleaning and source == "out_of_fold":
+        folds = params["cleaning"].get("folds", 2)
+        model_config = from_mapping(ModelConfig, params.get("model"), "model")
+        train_config = from_mapping(TrainConfig, train, "train")
+        augment = AugmentConfig.from_params(params.get("augment"))
+        table = out_of_fold_predictions(
+            manifest, folds, model_config, train_config, augment, Path(args.out).parent / "folds",
+            seed=params.get("seed", 0), top_k=args.top_k, accelerator=accelerator,
+        )  # fmt: skip
+    else:
+        weights = Path(args.model)
+        if weights.is_dir():
+            early = (params.get("cleaning") or {}).get("early_epoch", 3)
+            use_early = args.for_cleaning and source == "early"
+            weights /= f"model_epoch_{early}.safetensors" if use_early else "model.safetensors"
+        model, classes = load_network(weights)
+        if classes != manifest.classes:
+            raise SystemExit(f"{weights} was trained on other classes than {args.manifest} has")
+        size, channels = train.get("image_size", 32), model.config.in_chans
+        dataset = ImageDataset.from_manifest(
+            manifest, args.split, eval_transform(size, channels), channels=channels
+        )
+        table = predict_top_k(
+            model, dataset, accelerator, top_k=args.top_k,
+            batch_size=2 * train.get("batch_size", 128), workers=train.get("workers", 2),
+            with_embedding=args.embedding,
+        )  # fmt: skip
+    if accelerator.is_main_process:
+        write_predictions(table, args.out)
+        print(f"{len(table)} {args.split} samples predicted -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

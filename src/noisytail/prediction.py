@@ -1,0 +1,91 @@
+"""Batched inference that stores only the top-k classes of each sample.
+
+At 2.5M images x 50,030 classes an N x C probability matrix would be 500 GB; here memory is
+O(N * k): each batch is reduced to its top-k indices and probabilities (plus the probability of
+the given label, and optionally the embedding) before it leaves the device.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from noisytail.data.dataset import ImageDataset
+from noisytail.models.network import NoisyTailNet
+
+
+@torch.no_grad()
+def predict_top_k(
+    model: NoisyTailNet,
+    dataset: ImageDataset,
+    accelerator: Accelerator,
+    *,
+    top_k: int = 10,
+    batch_size: int = 256,
+    workers: int = 2,
+    with_embedding: bool = False,
+) -> pd.DataFrame:
+    """One row per dataset item, in dataset order, predicted exactly once across processes.
+
+    Columns: ``sample_id, label, topk_index, topk_prob, label_prob[, embedding]``.
+    """
+    top_k = min(top_k, model.num_classes)
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, num_workers=workers))
+    model = model.to(accelerator.device).eval()
+    rows, indices, probs, label_probs, embeddings = [], [], [], [], []
+    for images, labels, row in tqdm(loader, desc="predicting", unit="batch", leave=False,
+                                    disable=not accelerator.is_local_main_process):  # fmt: skip
+        with accelerator.autocast():
+            features = model.features(images)
+            logits = model.head(features)
+        p = logits.float().softmax(dim=1)
+        top_p, top_i = p.topk(top_k, dim=1)
+        label_p = p.gather(1, labels[:, None]).squeeze(1)
+        batch = (row, top_i, top_p, label_p) + ((features.float(),) if with_embedding else ())
+        gathered = accelerator.gather_for_metrics(batch)  # drops the padding of the last batch
+        rows.append(gathered[0].cpu().numpy())
+        indices.append(gathered[1].cpu().numpy().astype(np.int32))
+        probs.append(gathered[2].cpu().numpy().astype(np.float32))
+        label_probs.append(gathered[3].cpu().numpy().astype(np.float32))
+        if with_embedding:
+            embeddings.append(gathered[4].cpu().numpy().astype(np.float32))
+
+    row = np.concatenate(rows)
+    order = np.argsort(row, kind="stable")
+    if not np.array_equal(row[order], np.arange(len(dataset))):
+        raise RuntimeError(f"prediction covered {len(np.unique(row))} of {len(dataset)} samples")
+    table = pd.DataFrame({
+        "sample_id": dataset.sample_ids,
+        "label": dataset.labels.numpy(),
+        "topk_index": list(np.concatenate(indices)[order]),
+        "topk_prob": list(np.concatenate(probs)[order]),
+        "label_prob": np.concatenate(label_probs)[order],
+    })  # fmt: skip
+    if with_embedding:
+        table["embedding"] = list(np.concatenate(embeddings)[order])
+    return table
+
+
+def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def top_k_arrays(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, prob)``, each N x k, from the stored list columns."""
+    return np.stack(table["topk_index"].to_numpy()), np.stack(table["topk_prob"].to_numpy())

@@ -1,0 +1,54 @@
+"""Out-of-fold predictions (cross-fitting): k models, each trained without one fold of the
+training set, each predicting only the fold it did not see. Every sample is then judged by a
+model that could not have memorised its (possibly wrong) label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from accelerate import Accelerator
+
+from noisytail.cleaning import fold_assignment, merge_out_of_fold
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import Manifest
+from noisytail.data.transforms import AugmentConfig, eval_transform
+from noisytail.models.network import ModelConfig, load_network
+from noisytail.prediction import predict_top_k
+from noisytail.training.engine import TrainConfig
+from noisytail.training.recipes import RecipeConfig, run_recipe
+
+
+def out_of_fold_predictions(
+    manifest: Manifest,
+    folds: int,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    augment: AugmentConfig,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    top_k: int = 10,
+    accelerator: Accelerator,
+) -> pd.DataFrame:
+    """Train ``folds`` models (each resumable in ``out_dir/fold_<k>``) and merge their
+    predictions of the held-out folds, in training-split order."""
+    if folds < 2:
+        raise ValueError(f"cleaning.folds must be >= 2, got {folds}")
+    train = manifest.split("train")
+    fold = fold_assignment(train["label"].to_numpy(), folds, seed)
+    others = manifest.table[manifest.table["split"] != "train"]
+    parts = []
+    for k in range(folds):
+        fold_dir = Path(out_dir) / f"fold_{k}"
+        fold_manifest = manifest.with_table(pd.concat([train[fold != k], others]))
+        accelerator.print(f"fold {k + 1}/{folds}: training on {int((fold != k).sum())} samples")
+        run_recipe(RecipeConfig(), model_config, train_config, augment, fold_manifest, fold_dir,
+                   seed=seed, accelerator=accelerator)  # fmt: skip
+        model, _ = load_network(fold_dir / "model.safetensors")
+        held_out = ImageDataset(train[fold == k].reset_index(drop=True), manifest.image_root,
+                                eval_transform(train_config.image_size, model_config.in_chans),
+                                channels=model_config.in_chans)  # fmt: skip
+        parts.append(predict_top_k(model, held_out, accelerator, top_k=top_k,
+                                   workers=train_config.workers))  # fmt: skip
+    return merge_out_of_fold(parts, fold, train["sample_id"].to_numpy())
