@@ -41,7 +41,7 @@ data: ## install Fashion-MNIST (Debian package dataset-fashion-mnist), or say ho
 test: setup data ## set up, then run the fast test suite
 	$(PY) -m pytest
 
-test-slow: setup data ## the slow tests too (training benchmarks, long pipelines)
+test-slow: setup data ## every test, those marked slow included
 	$(PY) -m pytest -m "slow or not slow"
 
 run: setup data ## set up, then `dvc repro` the whole pipeline on params.yaml (FMNIST-LT-N)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from accelerate import Accelerator
 from common import print_table, write_result
 
@@ -83,9 +84,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="0: params.yaml train.epochs")
     parser.add_argument("--work", default="outputs/cleaning", help="models and predictions")
     parser.add_argument("--name", default="cleaning_rounds", help="results/<name>.json")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override params.yaml, e.g. --set cleaning.threshold=0.5",
+    )
     args = parser.parse_args()
 
     params = load_params()
+    for override in args.set:  # values parsed as YAML: 0.5 -> float, true -> bool
+        key, value = override.split("=", 1)
+        section, name = key.split(".", 1)
+        params[section][name] = yaml.safe_load(value)
     model_config = from_mapping(ModelConfig, params["model"], "model")
     train_config = from_mapping(TrainConfig, params["train"], "train")
     if args.epochs:
@@ -154,7 +166,8 @@ def main() -> None:
     ]
     print()
     print_table([{k: row.get(k, "") for k in table[-1]} for row in table])
-    write_result(args.name, table, cleaning=cleaning.__dict__, epochs=train_config.epochs,
+    write_result(args.name, table, overrides=args.set, cleaning=cleaning.__dict__,
+                 epochs=train_config.epochs,
                  backbone=model_config.backbone, rounds=reports)  # fmt: skip
     (work / "rounds.json").write_text(json.dumps(reports, indent=1))
 

@@ -218,8 +218,9 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach() * len(images)
             seen += len(images)
-            rate = seen * accelerator.num_processes / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
+            if step_in_epoch % 10 == 0:  # .item() waits for the device: not on every step
+                rate = seen * accelerator.num_processes / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
 
         metrics = {
             "train_loss": accelerator.reduce(loss_sum / seen, "mean").item(),
