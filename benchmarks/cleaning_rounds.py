@@ -25,8 +25,8 @@ from common import print_table, write_result
 
 from noisytail.cleaning import (
     CleaningConfig,
-    apply_decisions,
     clean_retention,
+    cleaned_manifest,
     decide,
     detection_report,
     scores,
@@ -140,12 +140,10 @@ def main() -> None:
         decided = decide(scores(predictions, manifest.num_classes, cleaning.prior_correction),
                          cleaning)  # fmt: skip
         detection = detection_report(decided, truth, manifest.classes)
-        kept = apply_decisions(train_rows, decided)
-        retention = clean_retention(kept, original.split("train"), manifest.classes)
+        manifest = cleaned_manifest(manifest, decided)
+        retention = clean_retention(manifest.split("train"), original.split("train"),
+                                    manifest.classes)  # fmt: skip
         cleanlab = cleanlab_detection(predictions, truth, manifest.num_classes)
-        manifest = manifest.with_table(
-            pd.concat([kept, manifest.table[manifest.table["split"] != "train"]])
-        )
         test = train(manifest, f"round_{r + 1}")
         reports.append({"round": r, "detection": detection, "retention": retention,
                         "cleanlab": cleanlab, "test_after": test})  # fmt: skip

@@ -9,12 +9,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
 from noisytail.cleaning import (
     CleaningConfig,
-    apply_decisions,
     clean_retention,
+    cleaned_manifest,
     decide,
     decision_counts,
     detection_report,
@@ -49,11 +47,8 @@ def main() -> None:
         )
 
     decided = decide(scores(predictions, manifest.num_classes, config.prior_correction), config)
-    kept = apply_decisions(train, decided)
-    others = manifest.table[manifest.table["split"] != "train"]
-    if "original_label" not in others:
-        others = others.assign(original_label=others["label"])
-    cleaned = manifest.with_table(pd.concat([kept, others], ignore_index=True))
+    cleaned = cleaned_manifest(manifest, decided)
+    kept = cleaned.split("train")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -147,3 +147,18 @@ def test_out_of_fold_bookkeeping():
     np.testing.assert_array_equal(merged["label_prob"].to_numpy(), fold)
     with pytest.raises(ValueError, match="fold model 1 must predict exactly the samples of fold 1"):
         merge_out_of_fold([parts[0], parts[0], parts[2]], fold, ids)
+
+
+def test_cleaned_manifest_keeps_the_other_splits(tmp_path):
+    from noisytail.cleaning import cleaned_manifest
+    from noisytail.data.manifest import Manifest
+
+    table = HAND_MADE[["sample_id", "label"]].assign(path="x.png", split="train")
+    val = pd.DataFrame({"sample_id": ["v0"], "label": [2], "path": "v.png", "split": "val"})
+    manifest = Manifest(pd.concat([table, val], ignore_index=True), ("a", "b", "c"), tmp_path)
+    config = CleaningConfig(rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0)
+    cleaned = cleaned_manifest(manifest, decide(scores(HAND_MADE, 3), config))
+    assert cleaned.split("train")["sample_id"].tolist() == ["s0", "s1", "s2", "s3", "s6"]
+    assert cleaned.split("val")[["sample_id", "label", "original_label"]].values.tolist() == [
+        ["v0", 2, 2]
+    ]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from noisytail.data.manifest import Manifest
+
 RULES = ("top1", "label_prob", "lowest_fraction")
 PREDICTION_SOURCES = ("in_sample", "early", "out_of_fold")
 
@@ -125,6 +127,14 @@ def apply_decisions(train: pd.DataFrame, decided: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"no cleaning decision for training samples {missing} ...")
     rows["label"] = rows["sample_id"].map(decision["new_label"]).astype(np.int64)
     return rows[action.to_numpy() != "drop"].reset_index(drop=True)
+
+
+def cleaned_manifest(manifest: Manifest, decided: pd.DataFrame) -> Manifest:
+    """The next round's manifest: the cleaned training rows, the other splits unchanged."""
+    others = manifest.table[manifest.table["split"] != "train"]
+    others = others.assign(original_label=others.get("original_label", others["label"]))
+    kept = apply_decisions(manifest.split("train"), decided)
+    return manifest.with_table(pd.concat([kept, others], ignore_index=True))
 
 
 def fold_assignment(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
