@@ -11,6 +11,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,11 @@ class RunTracker:
     def log_dataset(self, table, source: str, name: str, digest: str, round_: str = "") -> None:
         """The training manifest as an MLflow dataset input (digest and DVC round as tags)."""
         if self.enabled and not self.mlflow.get_run(self.run_id).inputs.dataset_inputs:
-            dataset = self.mlflow.data.from_pandas(table, source=source, name=name, digest=digest)
+            with warnings.catch_warnings():  # its schema hint on integer columns is for models
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = self.mlflow.data.from_pandas(
+                    table, source=source, name=name, digest=digest
+                )
             tags = {"dvc_round": round_} if round_ else None
             self.mlflow.log_input(dataset, context="training", tags=tags)
 
