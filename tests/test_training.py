@@ -112,3 +112,16 @@ def test_a_finished_run_is_not_repeated_but_changed_inputs_restart(trained):
 def test_recipe_without_init_is_a_clear_error(toy_manifest, tmp_path):
     with pytest.raises(ValueError, match="recipe 'crt' needs init_from"):
         train(toy_manifest, tmp_path, RecipeConfig("crt"))
+
+
+def test_fingerprint_covers_configs_data_and_code(trained, monkeypatch):
+    from noisytail.training import recipes
+
+    manifest, _, _ = trained
+    rows = manifest.split("train")
+    base = recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
+    assert base == recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
+    assert base != recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 1)
+    assert base != recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows[1:], 0)
+    monkeypatch.setattr(recipes, "code_digest", lambda: "other code")
+    assert base != recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)

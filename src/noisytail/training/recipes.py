@@ -115,9 +115,19 @@ def run_recipe(
     )  # fmt: skip
 
 
+def code_digest() -> str:
+    """A hash of the library's source: a run folder left by other code is not resumed."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def run_fingerprint(*parts) -> str:
-    """A hash of a run's inputs: configs, the training rows (ids and labels) and the seed."""
-    text = []
+    """A hash of a run's inputs: configs, the training rows (ids and labels), the seed and the
+    library's code (under DVC, a code change re-runs the stage: it must then really retrain)."""
+    text = [code_digest()]
     for part in parts:
         if isinstance(part, pd.DataFrame):
             text.append(manifest_digest(part[["sample_id", "label"]]))
