@@ -49,10 +49,9 @@ def main() -> None:
     )
     if accelerator.is_main_process:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({k: round(v, 3) for k, v in report.items()}, indent=1))
-        print(
-            f"{args.model} on {args.split}: " + ", ".join(f"{k} {v:.2f}" for k, v in report.items())
-        )
+        metrics = {"split": split, **{k: round(v, 3) for k, v in report.items()}}
+        Path(args.out).write_text(json.dumps(metrics, indent=1))
+        print(f"{args.model} on {split}: " + ", ".join(f"{k} {v:.2f}" for k, v in report.items()))
 
 
 if __name__ == "__main__":

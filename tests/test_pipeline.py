@@ -97,7 +97,8 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
         assert (root / f"data/clean/round_{r}/manifest.parquet").is_file()
         assert (root / f"data/clean/round_{r}/confidence.png").is_file()
         assert (root / f"models/round_{r}/model_epoch_1.safetensors").is_file()
-        assert "mean_class_error" in json.loads((root / f"metrics/round_{r}.json").read_text())
+        metrics = json.loads((root / f"metrics/round_{r}.json").read_text())
+        assert metrics["split"] == "test" and 0 <= metrics["mean_class_error"] <= 100
     round_1 = pd.read_parquet(root / "data/clean/round_1/manifest.parquet")
     round_2 = pd.read_parquet(root / "data/clean/round_2/manifest.parquet")
     report = json.loads((root / "data/clean/round_2/report.json").read_text())
