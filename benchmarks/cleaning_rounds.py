@@ -32,13 +32,11 @@ from noisytail.cleaning import (
     scores,
 )
 from noisytail.config import from_mapping, load_params
-from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, read_manifest
-from noisytail.data.transforms import AugmentConfig, eval_transform
-from noisytail.metrics import classification_report
+from noisytail.data.transforms import AugmentConfig
 from noisytail.models.network import ModelConfig, load_network
-from noisytail.prediction import predict_top_k, top_k_arrays
-from noisytail.training.crossfit import out_of_fold_predictions
+from noisytail.prediction import evaluate_split, top_k_arrays
+from noisytail.training.crossfit import cleaning_predictions
 from noisytail.training.engine import TrainConfig
 from noisytail.training.recipes import RecipeConfig, run_recipe
 
@@ -69,12 +67,7 @@ def cleanlab_detection(predictions: pd.DataFrame, true_label: np.ndarray, num_cl
 
 def test_report(model_file: Path, manifest: Manifest, size: int) -> dict:
     model, _ = load_network(model_file)
-    dataset = ImageDataset.from_manifest(manifest, "test", eval_transform(size))
-    table = predict_top_k(model, dataset, Accelerator(cpu=True), top_k=1, workers=2)
-    return classification_report(
-        np.stack(table["topk_index"])[:, 0], dataset.labels.numpy(), manifest.num_classes,
-        manifest.class_counts("train", "true_label").to_numpy(),
-    )  # fmt: skip
+    return evaluate_split(model, manifest, "test", size, Accelerator(cpu=True))
 
 
 def main() -> None:
@@ -123,19 +116,10 @@ def main() -> None:
     manifest, reports = original, []
     for r in range(1, args.rounds + 1):
         train_rows = manifest.split("train")
-        if cleaning.predictions == "out_of_fold":
-            predictions = out_of_fold_predictions(
-                manifest, cleaning.folds, model_config, train_config, augment, work / f"oof_{r}",
-                seed=seed, accelerator=accelerator,
-            )  # fmt: skip
-        else:
-            weights = work / f"round_{r}" / (
-                f"model_epoch_{cleaning.early_epoch}.safetensors"
-                if cleaning.predictions == "early" else "model.safetensors"
-            )  # fmt: skip
-            model, _ = load_network(weights)
-            dataset = ImageDataset(train_rows, manifest.image_root, eval_transform(size))
-            predictions = predict_top_k(model, dataset, accelerator, top_k=10, workers=2)
+        predictions = cleaning_predictions(
+            manifest, cleaning, work / f"round_{r}", model_config, train_config, augment,
+            work / f"oof_{r}", seed=seed, accelerator=accelerator,
+        )  # fmt: skip
         truth = train_rows["true_label"].to_numpy()
         decided = decide(scores(predictions, manifest.num_classes, cleaning.prior_correction),
                          cleaning)  # fmt: skip

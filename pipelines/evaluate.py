@@ -6,15 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from noisytail.config import load_params
-from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
-from noisytail.data.transforms import eval_transform
-from noisytail.metrics import classification_report
 from noisytail.models.network import load_network
-from noisytail.prediction import predict_top_k
+from noisytail.prediction import evaluate_split
 from noisytail.training.engine import TrainConfig, make_accelerator
 
 
@@ -34,19 +29,9 @@ def main() -> None:
         print(f"{args.manifest} has no {split!r} split: evaluating on 'val'")
         split = "val"
     model, _ = load_network(args.model)
-    size, channels = train.get("image_size", 32), model.config.in_chans
-    dataset = ImageDataset.from_manifest(manifest, split, eval_transform(size, channels),
-                                         channels=channels)  # fmt: skip
     accelerator = make_accelerator(TrainConfig(mixed_precision=train.get("mixed_precision", "no")))
-    table = predict_top_k(model, dataset, accelerator, top_k=1, workers=train.get("workers", 2))
-    # many / medium / few by the clean training count where the truth is known (benchmarks)
-    column = "true_label" if "true_label" in manifest.table else "label"
-    report = classification_report(
-        np.stack(table["topk_index"])[:, 0],
-        dataset.labels.numpy(),
-        manifest.num_classes,
-        manifest.class_counts("train", column).to_numpy(),
-    )
+    report = evaluate_split(model, manifest, split, train.get("image_size", 32), accelerator,
+                            workers=train.get("workers", 2))  # fmt: skip
     if accelerator.is_main_process:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         metrics = {"split": split, **{k: round(v, 3) for k, v in report.items()}}

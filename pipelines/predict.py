@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from noisytail.cleaning import PREDICTION_SOURCES
+from noisytail.cleaning import CleaningConfig
 from noisytail.config import from_mapping, load_params
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import AugmentConfig, eval_transform
 from noisytail.models.network import ModelConfig, load_network
 from noisytail.prediction import predict_top_k, write_predictions
-from noisytail.training.crossfit import out_of_fold_predictions
+from noisytail.training.crossfit import cleaning_predictions
 from noisytail.training.engine import TrainConfig, make_accelerator
 
 
@@ -40,26 +40,22 @@ def main() -> None:
     train = params.get("train") or {}
     manifest = read_manifest(args.manifest)
     accelerator = make_accelerator(TrainConfig(mixed_precision=train.get("mixed_precision", "no")))
-    source = (params.get("cleaning") or {}).get("predictions", "in_sample")
-    if args.for_cleaning and source not in PREDICTION_SOURCES:
-        raise SystemExit(
-            f"cleaning.predictions must be one of {PREDICTION_SOURCES}, got {source!r}"
+    if args.for_cleaning:  # --model is the round's training folder
+        cleaning = from_mapping(
+            CleaningConfig,
+            {k: v for k, v in (params.get("cleaning") or {}).items() if k != "rounds"},
+            "cleaning",
         )
-    if args.for_cleaning and source == "out_of_fold":
-        folds = params["cleaning"].get("folds", 2)
-        model_config = from_mapping(ModelConfig, params.get("model"), "model")
-        train_config = from_mapping(TrainConfig, train, "train")
-        augment = AugmentConfig.from_params(params.get("augment"))
-        table = out_of_fold_predictions(
-            manifest, folds, model_config, train_config, augment, Path(args.out).parent / "folds",
+        table = cleaning_predictions(
+            manifest, cleaning, args.model, from_mapping(ModelConfig, params.get("model"), "model"),
+            from_mapping(TrainConfig, train, "train"),
+            AugmentConfig.from_params(params.get("augment")), Path(args.out).parent / "folds",
             seed=params.get("seed", 0), top_k=args.top_k, accelerator=accelerator,
         )  # fmt: skip
     else:
         weights = Path(args.model)
         if weights.is_dir():
-            early = (params.get("cleaning") or {}).get("early_epoch", 3)
-            use_early = args.for_cleaning and source == "early"
-            weights /= f"model_epoch_{early}.safetensors" if use_early else "model.safetensors"
+            weights /= "model.safetensors"
         model, classes = load_network(weights)
         if classes != manifest.classes:
             raise SystemExit(f"{weights} was trained on other classes than {args.manifest} has")

@@ -18,6 +18,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import Manifest
+from noisytail.data.transforms import eval_transform
+from noisytail.metrics import classification_report
 from noisytail.models.network import NoisyTailNet
 
 
@@ -71,6 +74,31 @@ def predict_top_k(
     if with_embedding:
         table["embedding"] = list(np.concatenate(embeddings)[order])
     return table
+
+
+def evaluate_split(
+    model: NoisyTailNet,
+    manifest: Manifest,
+    split: str,
+    image_size: int,
+    accelerator: Accelerator,
+    workers: int = 2,
+) -> dict[str, float]:
+    """Top-1, mean class error and many/medium/few accuracy of ``model`` on one split.
+
+    Classes are grouped by their clean training count where the truth is known (benchmarks),
+    else by their given count.
+    """
+    channels = model.config.in_chans
+    dataset = ImageDataset.from_manifest(
+        manifest, split, eval_transform(image_size, channels), channels=channels
+    )
+    table = predict_top_k(model, dataset, accelerator, top_k=1, workers=workers)
+    column = "true_label" if "true_label" in manifest.table else "label"
+    return classification_report(
+        np.stack(table["topk_index"])[:, 0], dataset.labels.numpy(), manifest.num_classes,
+        manifest.class_counts("train", column).to_numpy(),
+    )  # fmt: skip
 
 
 def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -1,6 +1,7 @@
-"""Out-of-fold predictions (cross-fitting): k models, each trained without one fold of the
-training set, each predicting only the fold it did not see. Every sample is then judged by a
-model that could not have memorised its (possibly wrong) label."""
+"""The predictions cleaning decides on: from the round's final model (in-sample, the seed's way),
+an early snapshot of it, or out-of-fold (cross-fitting: k models, each trained without one fold
+of the training set and predicting only that fold, so no sample is judged by a model that could
+have memorised its possibly wrong label)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 import pandas as pd
 from accelerate import Accelerator
 
-from noisytail.cleaning import fold_assignment, merge_out_of_fold
+from noisytail.cleaning import (
+    PREDICTION_SOURCES,
+    CleaningConfig,
+    fold_assignment,
+    merge_out_of_fold,
+)
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest
 from noisytail.data.transforms import AugmentConfig, eval_transform
@@ -52,3 +58,39 @@ def out_of_fold_predictions(
         parts.append(predict_top_k(model, held_out, accelerator, top_k=top_k,
                                    workers=train_config.workers))  # fmt: skip
     return merge_out_of_fold(parts, fold, train["sample_id"].to_numpy())
+
+
+def cleaning_predictions(
+    manifest: Manifest,
+    cleaning: CleaningConfig,
+    run_dir: str | Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    augment: AugmentConfig,
+    folds_dir: str | Path,
+    *,
+    seed: int = 0,
+    top_k: int = 10,
+    accelerator: Accelerator,
+) -> pd.DataFrame:
+    """Top-k predictions of the training split from where ``cleaning.predictions`` says:
+    ``run_dir``'s final model, its ``early_epoch`` snapshot, or fold models in ``folds_dir``."""
+    if cleaning.predictions not in PREDICTION_SOURCES:
+        raise ValueError(f"cleaning.predictions must be one of {PREDICTION_SOURCES}, "
+                         f"got {cleaning.predictions!r}")  # fmt: skip
+    if cleaning.predictions == "out_of_fold":
+        return out_of_fold_predictions(
+            manifest, cleaning.folds, model_config, train_config, augment, folds_dir,
+            seed=seed, top_k=top_k, accelerator=accelerator,
+        )  # fmt: skip
+    name = "model.safetensors"
+    if cleaning.predictions == "early":
+        name = f"model_epoch_{cleaning.early_epoch}.safetensors"
+    model, classes = load_network(Path(run_dir) / name)
+    if classes != manifest.classes:
+        raise ValueError(f"{Path(run_dir) / name} was trained on other classes than the manifest")
+    channels = model.config.in_chans
+    dataset = ImageDataset.from_manifest(
+        manifest, "train", eval_transform(train_config.image_size, channels), channels=channels
+    )
+    return predict_top_k(model, dataset, accelerator, top_k=top_k, workers=train_config.workers)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from timm.data import Mixup
@@ -288,4 +287,3 @@ def seed_everything(seed: int) -> None:
     from accelerate.utils import set_seed
 
     set_seed(seed)
-    np.random.seed(seed)
