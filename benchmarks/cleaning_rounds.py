@@ -1,10 +1,11 @@
 """Iterative cleaning on FMNIST-LT-N, measured against the truth, beside CE-noisy and CE-oracle.
 
 Per round: detection precision / recall / F1 of the dropped set (and cleanlab's
-find_label_issues on the very same probabilities), residual noise of the kept set, clean samples
-kept (overall and the worst class, since the first round), and the test mean class error of the
-model trained on that round's data. CE-noisy is the model trained on the noisy labels (round 1's
-model); CE-oracle the same samples with their true labels, same recipe and budget.
+find_label_issues on the very same probabilities: the evidence the rule decides on), residual
+noise of the kept set, clean samples kept (overall and the worst class, since the first round),
+and the test mean class error of the model trained on that round's data. CE-noisy is the model
+trained on the noisy labels (round 1's model); CE-oracle the same samples with their true labels,
+same recipe and budget.
 
     pip install -r benchmarks/requirements.txt   # cleanlab
     python benchmarks/cleaning_rounds.py [--rounds 3] [--epochs 12] [--work outputs/cleaning]
@@ -24,18 +25,20 @@ from accelerate import Accelerator
 from common import print_table, write_result
 
 from noisytail.cleaning import (
-    CleaningConfig,
     clean_retention,
     cleaned_manifest,
     decide,
     detection_report,
+    judged_samples,
+    round_config,
     scores,
 )
 from noisytail.config import from_mapping, load_params
 from noisytail.data.manifest import Manifest, read_manifest
 from noisytail.data.transforms import AugmentConfig
 from noisytail.models.network import ModelConfig, load_network
-from noisytail.prediction import evaluate_split, top_k_arrays
+from noisytail.neighbours import neighbour_smoothed
+from noisytail.prediction import evaluate_split, top_k_arrays, write_predictions
 from noisytail.training.crossfit import cleaning_predictions
 from noisytail.training.engine import TrainConfig
 from noisytail.training.recipes import RecipeConfig, run_recipe
@@ -73,7 +76,7 @@ def test_report(model_file: Path, manifest: Manifest, size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--manifest", default="data/prepared/manifest.parquet")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=0, help="0: as many as cleaning.rounds")
     parser.add_argument("--epochs", type=int, default=0, help="0: params.yaml train.epochs")
     parser.add_argument("--work", default="outputs/cleaning", help="models and predictions")
     parser.add_argument("--name", default="cleaning_rounds", help="results/<name>.json")
@@ -96,9 +99,8 @@ def main() -> None:
     if args.epochs:
         train_config = replace(train_config, epochs=args.epochs)
     augment = AugmentConfig.from_params(params.get("augment"))
-    cleaning = from_mapping(
-        CleaningConfig, {k: v for k, v in params["cleaning"].items() if k != "rounds"}, "cleaning"
-    )
+    rounds = args.rounds or len(params["cleaning"]["rounds"])
+    settings = {r: round_config(params["cleaning"], r) for r in range(1, rounds + 1)}
     seed, work, size = params.get("seed", 0), Path(args.work), train_config.image_size
     accelerator = Accelerator(cpu=True)
 
@@ -114,20 +116,23 @@ def main() -> None:
     print_table(rows)
 
     manifest, reports = original, []
-    for r in range(1, args.rounds + 1):
-        train_rows = manifest.split("train")
+    for r in range(1, rounds + 1):
+        cleaning = settings[r]
+        judged = judged_samples(cleaning, manifest, original)
         predictions = cleaning_predictions(
-            manifest, cleaning, work / f"round_{r}", model_config, train_config, augment,
+            manifest, judged, cleaning, work / f"round_{r}", model_config, train_config, augment,
             work / f"oof_{r}", seed=seed, accelerator=accelerator,
         )  # fmt: skip
-        truth = train_rows["true_label"].to_numpy()
-        decided = decide(scores(predictions, manifest.num_classes, cleaning.prior_correction),
+        write_predictions(predictions, work / f"round_{r}" / "cleaning_predictions.parquet")
+        truth = judged.split("train")["true_label"].to_numpy()
+        evidence = neighbour_smoothed(predictions, cleaning.neighbours, cleaning.neighbour_weight)
+        decided = decide(scores(evidence, manifest.num_classes, cleaning.prior_correction),
                          cleaning)  # fmt: skip
         detection = detection_report(decided, truth, manifest.classes)
-        manifest = cleaned_manifest(manifest, decided)
+        manifest = cleaned_manifest(judged, decided)
         retention = clean_retention(manifest.split("train"), original.split("train"),
                                     manifest.classes)  # fmt: skip
-        cleanlab = cleanlab_detection(predictions, truth, manifest.num_classes)
+        cleanlab = cleanlab_detection(evidence, truth, manifest.num_classes)
         test = train(manifest, f"round_{r + 1}")
         reports.append({"round": r, "detection": detection, "retention": retention,
                         "cleanlab": cleanlab, "test_after": test})  # fmt: skip
@@ -148,7 +153,8 @@ def main() -> None:
     ]
     print()
     print_table([{k: row.get(k, "") for k in table[-1]} for row in table])
-    write_result(args.name, table, overrides=args.set, cleaning=cleaning.__dict__,
+    write_result(args.name, table, overrides=args.set,
+                 cleaning={r: c.__dict__ for r, c in settings.items()},
                  epochs=train_config.epochs,
                  backbone=model_config.backbone, rounds=reports)  # fmt: skip
     (work / "rounds.json").write_text(json.dumps(reports, indent=1))

@@ -14,12 +14,13 @@ from accelerate import Accelerator
 from cleaning_rounds import cleanlab_detection
 from common import print_table, write_result
 
-from noisytail.cleaning import CleaningConfig, decide, detection_report, scores
+from noisytail.cleaning import decide, detection_report, round_config, scores
 from noisytail.config import from_mapping, load_params
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import AugmentConfig, eval_transform
 from noisytail.models.network import ModelConfig, load_network
+from noisytail.neighbours import neighbour_smoothed
 from noisytail.prediction import predict_top_k
 from noisytail.training.crossfit import out_of_fold_predictions
 from noisytail.training.engine import TrainConfig
@@ -36,9 +37,7 @@ def main() -> None:
     model_config = from_mapping(ModelConfig, params["model"], "model")
     train_config = from_mapping(TrainConfig, params["train"], "train")
     augment = AugmentConfig.from_params(params.get("augment"))
-    cleaning = from_mapping(
-        CleaningConfig, {k: v for k, v in params["cleaning"].items() if k != "rounds"}, "cleaning"
-    )
+    cleaning = round_config(params["cleaning"], 1)  # round 1: the model of the noisy labels
     seed, work = params.get("seed", 0), Path(args.work)
     manifest = read_manifest(args.manifest)
     train = manifest.split("train")
@@ -52,16 +51,23 @@ def main() -> None:
     for snapshot in sorted((work / "round_1").glob("model_epoch_*.safetensors")):
         model, _ = load_network(snapshot)
         epoch = snapshot.stem.rsplit("_", 1)[1]
-        sources[f"early (epoch {epoch})"] = predict_top_k(model, dataset, accelerator, workers=2)
+        sources[f"early (epoch {epoch})"] = predict_top_k(
+            model, dataset, accelerator, workers=2, with_embedding=True
+        )
     model, _ = load_network(work / "round_1" / "model.safetensors")
-    sources["in-sample (final)"] = predict_top_k(model, dataset, accelerator, workers=2)
+    sources["in-sample (final)"] = predict_top_k(
+        model, dataset, accelerator, workers=2, with_embedding=True
+    )
     sources[f"out-of-fold ({cleaning.folds} folds)"] = out_of_fold_predictions(
-        manifest, cleaning.folds, model_config, train_config, augment, work / "oof_1",
+        manifest, manifest, cleaning.folds, model_config, train_config, augment, work / "oof_1",
         seed=seed, accelerator=accelerator,
     )  # fmt: skip
 
     rows = []
     for name, predictions in sources.items():
+        predictions = neighbour_smoothed(
+            predictions, cleaning.neighbours, cleaning.neighbour_weight
+        )
         decided = decide(scores(predictions, manifest.num_classes, cleaning.prior_correction),
                          cleaning)  # fmt: skip
         ours = detection_report(decided, truth, manifest.classes)

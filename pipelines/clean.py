@@ -1,5 +1,6 @@
-"""DVC stage `clean`: one cleaning round. Reads the round's input manifest and the predictions
-of the model trained on it; writes the cleaned manifest, report.json, plots and an MLflow run.
+"""DVC stage `clean`: one cleaning round. Reads the predictions of the model trained on the
+round's input manifest, for the samples it judges (``cleaning.judge``: all original training
+samples, or the round's own); writes the cleaned manifest, report.json, plots and an MLflow run.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 from noisytail.cleaning import (
-    CleaningConfig,
     clean_retention,
     cleaned_manifest,
     decide,
     decision_counts,
     detection_report,
+    judged_samples,
+    round_config,
     scores,
 )
-from noisytail.config import from_mapping, load_params
+from noisytail.config import load_params
 from noisytail.data.manifest import read_manifest, write_manifest
+from noisytail.neighbours import neighbour_smoothed
 from noisytail.plots import confidence_histogram
 from noisytail.prediction import read_predictions
 from noisytail.tracking import RunTracker
@@ -31,22 +34,24 @@ def main() -> None:
     parser.add_argument("--predictions", required=True, help="predictions of its training split")
     parser.add_argument("--out", required=True, help="folder for the cleaned manifest and report")
     parser.add_argument("--round", default="")
-    parser.add_argument("--original", default="", help="manifest before the first round")
+    parser.add_argument("--original", required=True, help="manifest before the first round")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
     params = load_params(args.params)
-    section = {k: v for k, v in (params.get("cleaning") or {}).items() if k != "rounds"}
-    config = from_mapping(CleaningConfig, section, "cleaning")
-    manifest = read_manifest(args.manifest)
+    config = round_config(params.get("cleaning"), args.round)
+    original = read_manifest(args.original)
+    manifest = judged_samples(config, read_manifest(args.manifest), original)
     train = manifest.split("train")
     predictions = read_predictions(args.predictions)
     if predictions["sample_id"].tolist() != train["sample_id"].tolist():
-        raise SystemExit(
-            f"{args.predictions} does not predict the training split of {args.manifest}"
-        )
+        judged = args.original if config.judge == "all" else args.manifest
+        raise SystemExit(f"{args.predictions} does not predict the training split of {judged} "
+                         f"(cleaning.judge: {config.judge}); re-run the predict stage")  # fmt: skip
 
-    decided = decide(scores(predictions, manifest.num_classes, config.prior_correction), config)
+    # the evidence: the model's probabilities mixed with the labels of each sample's neighbours
+    evidence = neighbour_smoothed(predictions, config.neighbours, config.neighbour_weight)
+    decided = decide(scores(evidence, manifest.num_classes, config.prior_correction), config)
     cleaned = cleaned_manifest(manifest, decided)
     kept = cleaned.split("train")
 
@@ -61,9 +66,9 @@ def main() -> None:
         report["truth"] = detection_report(
             decided, train["true_label"].to_numpy(), manifest.classes
         )
-        if args.original:
-            original = read_manifest(args.original).split("train")
-            report["truth"]["since_first_round"] = clean_retention(kept, original, manifest.classes)
+        report["truth"]["since_first_round"] = clean_retention(
+            kept, original.split("train"), manifest.classes
+        )
     write_manifest(cleaned, out / "manifest.parquet")
     (out / "report.json").write_text(json.dumps(report, indent=1))
     counts.reset_index(names="class").to_csv(out / "per_class.csv", index=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from noisytail.cleaning import CleaningConfig
+from noisytail.cleaning import judged_samples, round_config
 from noisytail.config import from_mapping, load_params
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
@@ -28,7 +28,14 @@ def main() -> None:
         help="predictions as params cleaning.predictions says: in_sample (the "
         "final model), early (its early_epoch snapshot), out_of_fold (k models)",
     )
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--manifest", required=True, help="the manifest the model trained on")
+    parser.add_argument(
+        "--original",
+        default="",
+        help="--for-cleaning with cleaning.judge "
+        "all: the manifest before the first round, whose samples are judged",
+    )
+    parser.add_argument("--round", default="", help="--for-cleaning: the round (its settings)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", required=True, help="predictions parquet")
     parser.add_argument("--top-k", type=int, default=10)
@@ -41,13 +48,12 @@ def main() -> None:
     manifest = read_manifest(args.manifest)
     accelerator = make_accelerator(TrainConfig(mixed_precision=train.get("mixed_precision", "no")))
     if args.for_cleaning:  # --model is the round's training folder
-        cleaning = from_mapping(
-            CleaningConfig,
-            {k: v for k, v in (params.get("cleaning") or {}).items() if k != "rounds"},
-            "cleaning",
-        )
+        cleaning = round_config(params.get("cleaning"), args.round)
+        original = read_manifest(args.original) if args.original else manifest
+        judged = judged_samples(cleaning, manifest, original)
         table = cleaning_predictions(
-            manifest, cleaning, args.model, from_mapping(ModelConfig, params.get("model"), "model"),
+            manifest, judged, cleaning, args.model,
+            from_mapping(ModelConfig, params.get("model"), "model"),
             from_mapping(TrainConfig, train, "train"),
             AugmentConfig.from_params(params.get("augment")), Path(args.out).parent / "folds",
             seed=params.get("seed", 0), top_k=args.top_k, accelerator=accelerator,

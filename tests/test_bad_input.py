@@ -91,3 +91,35 @@ def test_dataset_error_names_sample_and_file_inside_a_worker(tmp_path):
     loader = torch.utils.data.DataLoader(ImageDataset(rows, tmp_path), batch_size=1, num_workers=1)
     with pytest.raises(BadImageError, match=r"sample 'bad': .*broken.png: not a readable image"):
         list(loader)
+
+
+def test_clean_stage_names_predictions_of_other_samples(toy_manifest, tmp_path):
+    """Predictions of round 1's samples fed to a round that judges every original sample: the
+    stage stops, names the file and the setting, and writes nothing."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO
+
+    from noisytail.data.manifest import write_manifest
+
+    original = write_manifest(toy_manifest, tmp_path / "prepared" / "manifest.parquet")
+    train = toy_manifest.split("train")
+    round_input = toy_manifest.with_table(toy_manifest.table.drop(index=train.index[:3]))
+    write_manifest(round_input, tmp_path / "round_1" / "manifest.parquet")
+    kept = round_input.split("train")
+    predictions = tmp_path / "predictions.parquet"
+    pd.DataFrame({"sample_id": kept["sample_id"], "label": kept["label"]}).to_parquet(predictions)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"cleaning": {"judge": "all"}}))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipelines/clean.py"),
+         "--params", str(tmp_path / "params.yaml"),
+         "--manifest", str(tmp_path / "round_1" / "manifest.parquet"), "--original",
+         str(original), "--predictions", str(predictions), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"{predictions} does not predict the training split of {original}" in result.stderr
+    assert "cleaning.judge: all" in result.stderr
+    assert not (tmp_path / "out").exists()

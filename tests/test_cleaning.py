@@ -162,3 +162,44 @@ def test_cleaned_manifest_keeps_the_other_splits(tmp_path):
     assert cleaned.split("val")[["sample_id", "label", "original_label"]].values.tolist() == [
         ["v0", 2, 2]
     ]
+
+
+def test_judge_all_gives_a_dropped_sample_back(tmp_path):
+    from noisytail.cleaning import cleaned_manifest, judged_samples
+    from noisytail.data.manifest import Manifest
+
+    table = HAND_MADE[["sample_id", "label"]].assign(path="x.png", split="train")
+    original = Manifest(table, ("a", "b", "c"), tmp_path)
+    round_input = original.with_table(table[~table["sample_id"].isin(["s3", "s5"])])
+    assert judged_samples(CleaningConfig(judge="kept"), round_input, original) is round_input
+    judged = judged_samples(CleaningConfig(judge="all"), round_input, original)
+    assert judged is original
+    # this round's model trusts s3's label again (s5 stays out)
+    config = CleaningConfig(rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0)
+    cleaned = cleaned_manifest(judged, decide(scores(HAND_MADE, 3), config))
+    assert cleaned.split("train")["sample_id"].tolist() == ["s0", "s1", "s2", "s3", "s6"]
+    with pytest.raises(ValueError, match="cleaning.judge"):
+        judged_samples(CleaningConfig(judge="some"), round_input, original)
+
+
+def test_a_round_entry_overrides_the_cleaning_settings():
+    from noisytail.cleaning import round_config
+    from noisytail.config import ConfigError
+
+    section = {
+        "threshold": 0.8,
+        "neighbours": 10,
+        "rounds": [
+            {"round": 1, "input": "a", "output": "b"},
+            {"round": 2, "input": "b", "output": "c", "threshold": 0.5, "judge": "kept"},
+        ],
+    }  # fmt: skip
+    first, second = round_config(section, 1), round_config(section, "2")
+    assert (first.threshold, first.judge, first.neighbours) == (0.8, "all", 10)
+    assert (second.threshold, second.judge, second.neighbours) == (0.5, "kept", 10)
+    assert round_config(section).threshold == 0.8  # no round: the common settings
+    with pytest.raises(ConfigError, match="no entry for round 3"):
+        round_config(section, 3)
+    section["rounds"][1]["treshold"] = 0.4
+    with pytest.raises(ConfigError, match=r"round 2: unknown parameter\(s\) \['treshold'\]"):
+        round_config(section, 2)

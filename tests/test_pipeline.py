@@ -38,8 +38,16 @@ QUICK = {
     "cleaning": {
         "rounds": [
             {"round": 1, "input": "data/prepared", "output": "data/clean/round_1"},
-            {"round": 2, "input": "data/clean/round_1", "output": "data/clean/round_2"},
+            {
+                "round": 2,
+                "input": "data/clean/round_1",
+                "output": "data/clean/round_2",
+                "threshold": 0.4,
+            },
         ],
+        "judge": "all",
+        "neighbours": 5,
+        "neighbour_weight": 0.5,
         "rule": "label_prob",
         "threshold": 0.5,
         "fraction": 0.5,
@@ -99,11 +107,18 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
         assert (root / f"models/round_{r}/model_epoch_1.safetensors").is_file()
         metrics = json.loads((root / f"metrics/round_{r}.json").read_text())
         assert metrics["split"] == "test" and 0 <= metrics["mean_class_error"] <= 100
-    round_1 = pd.read_parquet(root / "data/clean/round_1/manifest.parquet")
+    prepared = pd.read_parquet(root / "data/prepared/manifest.parquet")
     round_2 = pd.read_parquet(root / "data/clean/round_2/manifest.parquet")
     report = json.loads((root / "data/clean/round_2/report.json").read_text())
-    assert len(round_2[round_2["split"] == "train"]) == report["kept"] + 0
-    assert set(round_2["sample_id"]) <= set(round_1["sample_id"])  # rounds only ever drop
+    assert report["config"]["threshold"] == 0.4  # round 2's own setting
+    assert (
+        json.loads((root / "data/clean/round_1/report.json").read_text())["config"]["threshold"]
+        == 0.5
+    )
+    assert len(round_2[round_2["split"] == "train"]) == report["kept"]
+    # judge: all -- round 2 judged every original training sample, not only round 1's
+    assert report["kept"] + report["dropped"] == int((prepared["split"] == "train").sum())
+    assert set(round_2["sample_id"]) <= set(prepared["sample_id"])
 
     second = run([*dvc, "repro"], root, env)
     assert "Data and pipelines are up to date" in second.stdout

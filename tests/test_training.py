@@ -125,3 +125,38 @@ def test_fingerprint_covers_configs_data_and_code(trained, monkeypatch):
     assert base != recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows[1:], 0)
     monkeypatch.setattr(recipes, "code_digest", lambda: "other code")
     assert base != recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
+
+
+def test_out_of_fold_models_never_train_on_what_they_judge(tmp_path, monkeypatch):
+    """Cross-fitting with judge=all: fold k trains on the round's samples outside fold k and
+    predicts every judged sample of fold k, including samples the round had dropped."""
+    from conftest import tiny_manifest
+
+    from noisytail.cleaning import fold_assignment
+    from noisytail.training import crossfit
+
+    original = tiny_manifest(tmp_path / "toy", per_class=(12, 8, 6))
+    train_rows = original.split("train")
+    dropped = train_rows["sample_id"].iloc[::5].tolist()  # an earlier round dropped these
+    round_input = original.with_table(original.table[~original.table["sample_id"].isin(dropped)])
+    seen = []
+
+    def recording_recipe(recipe, model, config, augment, manifest, out, **kwargs):
+        seen.append(set(manifest.split("train")["sample_id"]))
+        return run_recipe(recipe, model, config, augment, manifest, out, **kwargs)
+
+    monkeypatch.setattr(crossfit, "run_recipe", recording_recipe)
+    from accelerate import Accelerator
+
+    table = crossfit.out_of_fold_predictions(
+        round_input, original, 2, MODEL, TrainConfig(epochs=1, batch_size=8, workers=0,
+        image_size=32), NO_AUGMENT, tmp_path / "folds", accelerator=Accelerator(cpu=True),
+    )  # fmt: skip
+    fold = fold_assignment(train_rows["label"].to_numpy(), 2, 0)
+    assert table["sample_id"].tolist() == train_rows["sample_id"].tolist()
+    assert table["fold"].tolist() == fold.tolist()
+    assert len(table["embedding"].iloc[0]) == MODEL.embedding_dim
+    for k in range(2):
+        judged_here = set(train_rows["sample_id"][fold == k])
+        assert seen[k] == set(round_input.split("train")["sample_id"]) - judged_here
+        assert not seen[k] & set(dropped)

@@ -8,19 +8,30 @@ over-predicts the head classes, so the clean samples of a tail class look like h
 and a global rule strips them. Dividing each class's probability by its training prior
 (``prior_correction`` = 1, as in logit adjustment) asks instead "which class is this, all classes
 being equally likely?", and cleaning and rebalancing are decided together.
+
+Two more choices decide how well rounds work on long-tailed data (benchmarks/cleaning_rounds.py):
+- ``judge: all``: every round judges every original training sample, not only the ones the
+  previous round kept. A clean sample that a weak first model dropped is judged again by the
+  better model of the next round, so losses do not compound from round to round;
+- ``neighbours``: the evidence mixes the softmax with the labels of the sample's nearest
+  neighbours in embedding space (``noisytail.neighbours``), a second opinion that a classifier
+  which memorised a wrong label cannot give.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 
+from noisytail.config import ConfigError, from_mapping
 from noisytail.data.manifest import Manifest
 
 RULES = ("top1", "label_prob", "lowest_fraction")
 PREDICTION_SOURCES = ("in_sample", "early", "out_of_fold")
+JUDGES = ("all", "kept")
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,38 @@ class CleaningConfig:
     predictions: str = "in_sample"  # in_sample | early | out_of_fold
     early_epoch: int = 3  # predictions: early -> the checkpoint of this epoch
     folds: int = 2  # predictions: out_of_fold -> this many fold models
+    judge: str = "all"  # all: every original training sample, each round | kept: the round's
+    neighbours: int = 30  # mix the labels of this many nearest neighbours into the evidence
+    neighbour_weight: float = 0.5  # their share of the mixed probabilities (0: softmax only)
+
+
+def round_config(section: Mapping | None, round_number: int | str = "") -> CleaningConfig:
+    """One round's cleaning settings: ``cleaning:`` of params.yaml, updated with whatever the
+    round's entry of ``cleaning.rounds`` sets besides round / input / output (a schedule: e.g.
+    aggressive early rounds that train the next model on cleaner data, a conservative last one
+    whose output is the dataset you keep)."""
+    section = dict(section or {})
+    rounds = section.pop("rounds", None) or []
+    if round_number not in ("", None):
+        entry = next((r for r in rounds if str(r.get("round")) == str(round_number)), None)
+        if entry is None:
+            raise ConfigError(f"cleaning.rounds has no entry for round {round_number}")
+        overrides = {k: v for k, v in entry.items() if k not in ("round", "input", "output")}
+        unknown = sorted(set(overrides) - {f.name for f in fields(CleaningConfig)})
+        if unknown:
+            raise ConfigError(f"cleaning.rounds, round {round_number}: unknown parameter(s) "
+                              f"{unknown}")  # fmt: skip
+        section.update(overrides)
+    return from_mapping(CleaningConfig, section, "cleaning")
+
+
+def judged_samples(config: CleaningConfig, round_input: Manifest, original: Manifest) -> Manifest:
+    """Whose labels a round judges: every sample of the original training set (``judge: all``),
+    so that a clean sample dropped by an earlier, weaker model can come back, or only the round's
+    own training samples (``judge: kept``: what was dropped stays dropped)."""
+    if config.judge not in JUDGES:
+        raise ValueError(f"cleaning.judge must be one of {JUDGES}, got {config.judge!r}")
+    return original if config.judge == "all" else round_input
 
 
 def scores(

@@ -1,7 +1,11 @@
 """The predictions cleaning decides on: from the round's final model (in-sample, the seed's way),
 an early snapshot of it, or out-of-fold (cross-fitting: k models, each trained without one fold
 of the training set and predicting only that fold, so no sample is judged by a model that could
-have memorised its possibly wrong label)."""
+have memorised its possibly wrong label).
+
+The judged samples are either the round's own training set or (``cleaning.judge: all``) every
+sample of the original training set, so that a sample dropped by a weaker model of an earlier
+round is judged again by the better model of this one."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from noisytail.training.recipes import RecipeConfig, run_recipe
 
 def out_of_fold_predictions(
     manifest: Manifest,
+    judged: Manifest,
     folds: int,
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -37,31 +42,38 @@ def out_of_fold_predictions(
     top_k: int = 10,
     accelerator: Accelerator,
 ) -> pd.DataFrame:
-    """Train ``folds`` models (each resumable in ``out_dir/fold_<k>``) and merge their
-    predictions of the held-out folds, in training-split order."""
+    """Cross-fitting: the judged training samples are dealt into ``folds`` folds; model k trains
+    on the round's training samples outside fold k (resumable in ``out_dir/fold_<k>``) and
+    predicts the judged samples of fold k. Returned in the judged training-split order, with the
+    embedding and a ``fold`` column (each fold model has its own embedding space)."""
     if folds < 2:
         raise ValueError(f"cleaning.folds must be >= 2, got {folds}")
-    train = manifest.split("train")
-    fold = fold_assignment(train["label"].to_numpy(), folds, seed)
+    train, candidates = manifest.split("train"), judged.split("train")
+    fold = fold_assignment(candidates["label"].to_numpy(), folds, seed)
+    fold_of = dict(zip(candidates["sample_id"], fold))
+    train_fold = train["sample_id"].map(fold_of).fillna(-1).to_numpy()
     others = manifest.table[manifest.table["split"] != "train"]
     parts = []
     for k in range(folds):
         fold_dir = Path(out_dir) / f"fold_{k}"
-        fold_manifest = manifest.with_table(pd.concat([train[fold != k], others]))
-        accelerator.print(f"fold {k + 1}/{folds}: training on {int((fold != k).sum())} samples")
+        fold_manifest = manifest.with_table(pd.concat([train[train_fold != k], others]))
+        accelerator.print(f"fold {k + 1}/{folds}: training on {int((train_fold != k).sum())} "
+                          "samples")  # fmt: skip
         run_recipe(RecipeConfig(), model_config, train_config, augment, fold_manifest, fold_dir,
                    seed=seed, accelerator=accelerator)  # fmt: skip
         model, _ = load_network(fold_dir / "model.safetensors")
-        held_out = ImageDataset(train[fold == k].reset_index(drop=True), manifest.image_root,
+        held_out = ImageDataset(candidates[fold == k].reset_index(drop=True), judged.image_root,
                                 eval_transform(train_config.image_size, model_config.in_chans),
                                 channels=model_config.in_chans)  # fmt: skip
-        parts.append(predict_top_k(model, held_out, accelerator, top_k=top_k,
-                                   workers=train_config.workers))  # fmt: skip
-    return merge_out_of_fold(parts, fold, train["sample_id"].to_numpy())
+        part = predict_top_k(model, held_out, accelerator, top_k=top_k,
+                             workers=train_config.workers, with_embedding=True)  # fmt: skip
+        parts.append(part.assign(fold=k))
+    return merge_out_of_fold(parts, fold, candidates["sample_id"].to_numpy())
 
 
 def cleaning_predictions(
     manifest: Manifest,
+    judged: Manifest,
     cleaning: CleaningConfig,
     run_dir: str | Path,
     model_config: ModelConfig,
@@ -73,24 +85,26 @@ def cleaning_predictions(
     top_k: int = 10,
     accelerator: Accelerator,
 ) -> pd.DataFrame:
-    """Top-k predictions of the training split from where ``cleaning.predictions`` says:
-    ``run_dir``'s final model, its ``early_epoch`` snapshot, or fold models in ``folds_dir``."""
+    """Top-k predictions and embeddings of ``judged``'s training split from where
+    ``cleaning.predictions`` says: ``run_dir``'s final model (trained on ``manifest``), its
+    ``early_epoch`` snapshot, or fold models in ``folds_dir``."""
     if cleaning.predictions not in PREDICTION_SOURCES:
         raise ValueError(f"cleaning.predictions must be one of {PREDICTION_SOURCES}, "
                          f"got {cleaning.predictions!r}")  # fmt: skip
     if cleaning.predictions == "out_of_fold":
         return out_of_fold_predictions(
-            manifest, cleaning.folds, model_config, train_config, augment, folds_dir,
+            manifest, judged, cleaning.folds, model_config, train_config, augment, folds_dir,
             seed=seed, top_k=top_k, accelerator=accelerator,
         )  # fmt: skip
     name = "model.safetensors"
     if cleaning.predictions == "early":
         name = f"model_epoch_{cleaning.early_epoch}.safetensors"
     model, classes = load_network(Path(run_dir) / name)
-    if classes != manifest.classes:
+    if classes != judged.classes:
         raise ValueError(f"{Path(run_dir) / name} was trained on other classes than the manifest")
     channels = model.config.in_chans
     dataset = ImageDataset.from_manifest(
-        manifest, "train", eval_transform(train_config.image_size, channels), channels=channels
+        judged, "train", eval_transform(train_config.image_size, channels), channels=channels
     )
-    return predict_top_k(model, dataset, accelerator, top_k=top_k, workers=train_config.workers)
+    return predict_top_k(model, dataset, accelerator, top_k=top_k, workers=train_config.workers,
+                         with_embedding=True)  # fmt: skip

@@ -1,0 +1,74 @@
+"""Neighbour evidence: exact chunked k-NN, and softmax mixed with the neighbours' labels."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from noisytail.neighbours import nearest_neighbours, neighbour_smoothed
+
+
+def test_nearest_neighbours_match_brute_force_across_chunks():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    found = nearest_neighbours(x, 5, chunk=7)  # 8 chunks, the last one short
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    expected = np.argsort(-similarity, axis=1)[:, :5]
+    np.testing.assert_array_equal(found, expected)
+    assert not (found == np.arange(50)[:, None]).any()  # never its own neighbour
+
+
+def table(labels, embeddings, probs, fold=None):
+    """probs: per sample {class: prob}; top-k = the listed classes, best first."""
+    rows = []
+    for i, (label, p) in enumerate(zip(labels, probs)):
+        ranked = sorted(p.items(), key=lambda kv: -kv[1])
+        rows.append({"sample_id": f"s{i}", "label": label,
+                     "topk_index": np.array([c for c, _ in ranked]),
+                     "topk_prob": np.array([v for _, v in ranked], dtype=np.float32),
+                     "label_prob": p.get(label, 0.0),
+                     "embedding": np.asarray(embeddings[i], dtype=np.float32)})  # fmt: skip
+    out = pd.DataFrame(rows)
+    return out if fold is None else out.assign(fold=fold)
+
+
+# Two tight clusters. s0-s3 sit in cluster "a" (class 0); s3 carries the wrong label 1 and the
+# model has memorised it (0.9). s4-s7 sit in cluster "b" and are labelled 2 (class 1 is nowhere
+# among their predictions).
+EMBEDDINGS = [[1, 0.01 * i] for i in range(4)] + [[0.01 * i, 1] for i in range(4)]
+LABELS = [0, 0, 0, 1, 2, 2, 2, 2]
+PROBS = [{0: 0.8, 2: 0.2}] * 3 + [{1: 0.9, 0: 0.1}] + [{2: 0.7, 0: 0.3}] * 4
+
+
+def test_neighbours_outvote_a_memorised_wrong_label():
+    mixed = neighbour_smoothed(table(LABELS, EMBEDDINGS, PROBS), k=3, weight=0.5)
+    # s3's neighbours are s0-s2 (label 0): p(0) = .5 * .1 + .5 * 1, p(1) = .5 * .9 + 0
+    assert mixed.loc[3, "topk_index"].tolist()[:2] == [0, 1]
+    np.testing.assert_allclose(mixed.loc[3, "topk_prob"][:2], [0.55, 0.45], atol=1e-6)
+    assert mixed.loc[3, "label_prob"] == pytest.approx(0.45)
+    # s0's neighbours are s1, s2 (label 0) and s3 (label 1): class 1 enters its top-k
+    assert mixed.loc[0, "topk_index"].tolist() == [0, 1]
+    np.testing.assert_allclose(mixed.loc[0, "topk_prob"], [0.4 + 1 / 3, 1 / 6], atol=1e-6)
+    # never wider than the stored top-k (2 here), distinct classes, best first
+    assert all(len(set(i)) == len(i) == 2 for i in mixed["topk_index"])
+    assert all(np.all(np.diff(p) <= 0) for p in mixed["topk_prob"])
+
+
+def test_neighbours_are_searched_within_one_fold_model():
+    # the same points in both folds, labels differ: each fold only sees its own labels
+    embeddings = EMBEDDINGS[:4] * 2
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    probs = [{0: 0.5, 1: 0.5}] * 8
+    mixed = neighbour_smoothed(table(labels, embeddings, probs, fold=[0] * 4 + [1] * 4), 3, 1.0)
+    assert [int(i[0]) for i in mixed["topk_index"]] == labels
+    np.testing.assert_allclose([p[0] for p in mixed["topk_prob"]], 1.0)
+
+
+def test_weight_zero_is_the_softmax_and_bad_input_is_named():
+    plain = table(LABELS, EMBEDDINGS, PROBS)
+    assert neighbour_smoothed(plain, k=3, weight=0) is plain
+    with pytest.raises(ValueError, match="neighbour_weight"):
+        neighbour_smoothed(plain, k=3, weight=1.5)
+    with pytest.raises(ValueError, match="'embedding' column"):
+        neighbour_smoothed(plain.drop(columns="embedding"), k=3, weight=0.5)
