@@ -27,17 +27,15 @@ from common import print_table, write_result
 from noisytail.cleaning import (
     clean_retention,
     cleaned_manifest,
-    decide,
     detection_report,
+    judge_predictions,
     judged_samples,
     round_config,
-    scores,
 )
 from noisytail.config import from_mapping, load_params
 from noisytail.data.manifest import Manifest, read_manifest
 from noisytail.data.transforms import AugmentConfig
 from noisytail.models.network import ModelConfig, load_network
-from noisytail.neighbours import neighbour_smoothed
 from noisytail.prediction import evaluate_split, top_k_arrays, write_predictions
 from noisytail.training.crossfit import cleaning_predictions
 from noisytail.training.engine import TrainConfig
@@ -125,9 +123,7 @@ def main() -> None:
         )  # fmt: skip
         write_predictions(predictions, work / f"round_{r}" / "cleaning_predictions.parquet")
         truth = judged.split("train")["true_label"].to_numpy()
-        evidence = neighbour_smoothed(predictions, cleaning.neighbours, cleaning.neighbour_weight)
-        decided = decide(scores(evidence, manifest.num_classes, cleaning.prior_correction),
-                         cleaning)  # fmt: skip
+        evidence, decided = judge_predictions(predictions, manifest.num_classes, cleaning)
         detection = detection_report(decided, truth, manifest.classes)
         manifest = cleaned_manifest(judged, decided)
         retention = clean_retention(manifest.split("train"), original.split("train"),

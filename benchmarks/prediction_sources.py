@@ -14,13 +14,12 @@ from accelerate import Accelerator
 from cleaning_rounds import cleanlab_detection
 from common import print_table, write_result
 
-from noisytail.cleaning import decide, detection_report, round_config, scores
+from noisytail.cleaning import detection_report, judge_predictions, round_config
 from noisytail.config import from_mapping, load_params
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import AugmentConfig, eval_transform
 from noisytail.models.network import ModelConfig, load_network
-from noisytail.neighbours import neighbour_smoothed
 from noisytail.prediction import predict_top_k
 from noisytail.training.crossfit import out_of_fold_predictions
 from noisytail.training.engine import TrainConfig
@@ -65,13 +64,9 @@ def main() -> None:
 
     rows = []
     for name, predictions in sources.items():
-        predictions = neighbour_smoothed(
-            predictions, cleaning.neighbours, cleaning.neighbour_weight
-        )
-        decided = decide(scores(predictions, manifest.num_classes, cleaning.prior_correction),
-                         cleaning)  # fmt: skip
+        evidence, decided = judge_predictions(predictions, manifest.num_classes, cleaning)
         ours = detection_report(decided, truth, manifest.classes)
-        theirs = cleanlab_detection(predictions, truth, manifest.num_classes)
+        theirs = cleanlab_detection(evidence, truth, manifest.num_classes)
         rows.append({
             "predictions": name, "precision": ours["precision"], "recall": ours["recall"],
             "f1": ours["f1"], "residual_noise": ours["residual_noise"],

@@ -13,16 +13,14 @@ from pathlib import Path
 from noisytail.cleaning import (
     clean_retention,
     cleaned_manifest,
-    decide,
     decision_counts,
     detection_report,
+    judge_predictions,
     judged_samples,
     round_config,
-    scores,
 )
 from noisytail.config import load_params
 from noisytail.data.manifest import read_manifest, write_manifest
-from noisytail.neighbours import neighbour_smoothed
 from noisytail.plots import confidence_histogram
 from noisytail.prediction import read_predictions
 from noisytail.tracking import RunTracker
@@ -49,9 +47,7 @@ def main() -> None:
         raise SystemExit(f"{args.predictions} does not predict the training split of {judged} "
                          f"(cleaning.judge: {config.judge}); re-run the predict stage")  # fmt: skip
 
-    # the evidence: the model's probabilities mixed with the labels of each sample's neighbours
-    evidence = neighbour_smoothed(predictions, config.neighbours, config.neighbour_weight)
-    decided = decide(scores(evidence, manifest.num_classes, config.prior_correction), config)
+    _, decided = judge_predictions(predictions, manifest.num_classes, config)
     cleaned = cleaned_manifest(manifest, decided)
     kept = cleaned.split("train")
 

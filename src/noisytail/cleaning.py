@@ -28,6 +28,7 @@ import pandas as pd
 
 from noisytail.config import ConfigError, from_mapping
 from noisytail.data.manifest import Manifest
+from noisytail.neighbours import neighbour_smoothed
 
 RULES = ("top1", "label_prob", "lowest_fraction")
 PREDICTION_SOURCES = ("in_sample", "early", "out_of_fold")
@@ -132,6 +133,15 @@ def decide(scored: pd.DataFrame, config: CleaningConfig) -> pd.DataFrame:
     new_label = np.where(relabel, out["pred"], out["label"])
     out["action"], out["new_label"] = action, new_label
     return apply_class_floor(out, config.min_per_class, score)
+
+
+def judge_predictions(
+    predictions: pd.DataFrame, num_classes: int, config: CleaningConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One round's verdict: the evidence (the predictions mixed with the labels of each sample's
+    neighbours) and the decisions taken on it."""
+    evidence = neighbour_smoothed(predictions, config.neighbours, config.neighbour_weight)
+    return evidence, decide(scores(evidence, num_classes, config.prior_correction), config)
 
 
 def apply_class_floor(decided: pd.DataFrame, floor: int, score: np.ndarray) -> pd.DataFrame:
