@@ -62,11 +62,8 @@ def out_of_fold_predictions(
         run_recipe(RecipeConfig(), model_config, train_config, augment, fold_manifest, fold_dir,
                    seed=seed, accelerator=accelerator)  # fmt: skip
         model, _ = load_network(fold_dir / "model.safetensors")
-        held_out = ImageDataset(candidates[fold == k].reset_index(drop=True), judged.image_root,
-                                eval_transform(train_config.image_size, model_config.in_chans),
-                                channels=model_config.in_chans)  # fmt: skip
-        part = predict_top_k(model, held_out, accelerator, top_k=top_k,
-                             workers=train_config.workers, with_embedding=True)  # fmt: skip
+        held_out = candidates[fold == k].reset_index(drop=True)
+        part = _predict(model, held_out, judged.image_root, train_config, top_k, accelerator)
         parts.append(part.assign(fold=k))
     return merge_out_of_fold(parts, fold, candidates["sample_id"].to_numpy())
 
@@ -102,9 +99,14 @@ def cleaning_predictions(
     model, classes = load_network(Path(run_dir) / name)
     if classes != judged.classes:
         raise ValueError(f"{Path(run_dir) / name} was trained on other classes than the manifest")
+    return _predict(model, judged.split("train"), judged.image_root, train_config, top_k,
+                    accelerator)  # fmt: skip
+
+
+def _predict(model, rows, image_root, train_config, top_k, accelerator) -> pd.DataFrame:
+    """Top-k predictions and embeddings of ``rows`` at the training image size."""
     channels = model.config.in_chans
-    dataset = ImageDataset.from_manifest(
-        judged, "train", eval_transform(train_config.image_size, channels), channels=channels
-    )
+    dataset = ImageDataset(rows, image_root, eval_transform(train_config.image_size, channels),
+                           channels=channels)  # fmt: skip
     return predict_top_k(model, dataset, accelerator, top_k=top_k, workers=train_config.workers,
                          with_embedding=True)  # fmt: skip
