@@ -8,6 +8,7 @@ from pathlib import Path
 
 from noisytail.config import load_params
 from noisytail.data.manifest import read_manifest
+from noisytail.data.transforms import AugmentConfig
 from noisytail.models.network import load_network
 from noisytail.prediction import evaluate_split
 from noisytail.training.engine import TrainConfig, make_accelerator
@@ -22,7 +23,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    train = load_params(args.params).get("train") or {}
+    params = load_params(args.params)
+    train = params.get("train") or {}
     manifest = read_manifest(args.manifest)
     split = args.split
     if not (manifest.table["split"] == split).any():
@@ -31,7 +33,8 @@ def main() -> None:
     model, _ = load_network(args.model)
     accelerator = make_accelerator(TrainConfig(mixed_precision=train.get("mixed_precision", "no")))
     report = evaluate_split(model, manifest, split, train.get("image_size", 32), accelerator,
-                            workers=train.get("workers", 2))  # fmt: skip
+                            workers=train.get("workers", 2),
+                            augment=AugmentConfig.from_params(params.get("augment")))  # fmt: skip
     if accelerator.is_main_process:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         metrics = {"split": split, **{k: round(v, 3) for k, v in report.items()}}

@@ -46,6 +46,7 @@ def main() -> None:
     params = load_params(args.params)
     train = params.get("train") or {}
     manifest = read_manifest(args.manifest)
+    augment = AugmentConfig.from_params(params.get("augment"))
     accelerator = make_accelerator(TrainConfig(mixed_precision=train.get("mixed_precision", "no")))
     if args.for_cleaning:  # --model is the round's training folder
         cleaning = round_config(params.get("cleaning"), args.round)
@@ -55,7 +56,7 @@ def main() -> None:
             manifest, judged, cleaning, args.model,
             from_mapping(ModelConfig, params.get("model"), "model"),
             from_mapping(TrainConfig, train, "train"),
-            AugmentConfig.from_params(params.get("augment")), Path(args.out).parent / "folds",
+            augment, Path(args.out).parent / "folds",
             seed=params.get("seed", 0), top_k=args.top_k, accelerator=accelerator,
         )  # fmt: skip
     else:
@@ -67,7 +68,7 @@ def main() -> None:
             raise SystemExit(f"{weights} was trained on other classes than {args.manifest} has")
         size, channels = train.get("image_size", 32), model.config.in_chans
         dataset = ImageDataset.from_manifest(
-            manifest, args.split, eval_transform(size, channels), channels=channels
+            manifest, args.split, eval_transform(size, channels, augment), channels=channels
         )
         table = predict_top_k(
             model, dataset, accelerator, top_k=args.top_k,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Decoded-image caches of the tests' throw-away images go to a throw-away folder.
+os.environ.setdefault("NOISYTAIL_CACHE_DIR", tempfile.mkdtemp(prefix="noisytail-test-cache-"))
 
 from noisytail.data.manifest import Manifest  # noqa: E402
 from noisytail.data.sources import FASHION_MNIST_DIR, FASHION_MNIST_FILES  # noqa: E402
@@ -71,3 +74,49 @@ def tiny_manifest(root: Path, per_class=(30, 12, 6), val_per_class=4, size=16) -
 @pytest.fixture
 def toy_manifest(tmp_path: Path) -> Manifest:
     return tiny_manifest(tmp_path / "toy")
+
+
+SHAPES = ("horizontal_bar", "vertical_bar", "ring", "cross")
+
+
+def shape_image(kind: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """A grey ``size`` x ``size`` image of one shape at a random position, on noise.
+
+    The classes differ in spatial structure only (similar brightness), so a model must see
+    shape, not mean intensity, to tell them apart."""
+    image = rng.normal(30, 12, (size, size))
+    r, c = rng.integers(size // 4, 3 * size // 4, 2)  # the shape's centre
+    level = rng.uniform(170, 240)
+    lo, hi = max(r - 5, 0), min(r + 5, size)
+    left, right = max(c - 5, 0), min(c + 5, size)
+    if kind in ("horizontal_bar", "cross"):
+        image[r - 1 : r + 1, left:right] = level
+    if kind in ("vertical_bar", "cross"):
+        image[lo:hi, c - 1 : c + 1] = level
+    if kind == "ring":
+        image[lo:hi, [left, right - 1]] = level
+        image[[lo, hi - 1], left:right] = level
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def shapes_manifest(
+    root: Path,
+    per_class: int = 60,
+    val_per_class: int = 10,
+    test_per_class: int = 25,
+    size: int = 16,
+) -> Manifest:
+    """Four shape classes (``SHAPES``) as PNG files with train / val / test splits."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for split, n in (("train", per_class), ("val", val_per_class), ("test", test_per_class)):
+        for c, kind in enumerate(SHAPES):
+            for i in range(n):
+                path = f"{split}/{kind}_{i}.png"
+                (root / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(shape_image(kind, rng, size), "L").save(root / path)
+                rows.append({"sample_id": f"{split}-{kind}-{i}", "path": path, "label": c,
+                             "split": split})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["true_label"] = table["label"]
+    return Manifest(table, SHAPES, root.resolve())

@@ -81,6 +81,16 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(stage):
     for key in straight:  # tolerance: CPU kernels are deterministic, so this is tight
         torch.testing.assert_close(again[key], straight[key], rtol=0, atol=1e-6, msg=key)
 
+    # The resumed run continued the MLflow run it began: one run, every epoch logged.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("stage-test")
+    killed = client.search_runs([experiment.experiment_id], "attributes.run_name = 'killed'")
+    assert len(killed) == 1 and killed[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(killed[0].info.run_id, "val_top1")]
+    assert sorted(set(steps)) == list(range(1, 9))
+
     # The same command on a finished run does nothing.
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     subprocess.run(command(out), env=env, check=True, capture_output=True)
@@ -108,9 +118,6 @@ def test_mlflow_run_holds_params_metrics_dataset_and_model(stage):
     assert {t.key: t.value for t in dataset_input.tags}["dvc_round"] == "0"
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "model")]
     assert "model/model.safetensors" in artifacts
-    if "killed" in runs:  # the resumed run continued the MLflow run it began
-        steps = [m.step for m in client.get_metric_history(runs["killed"].info.run_id, "val_top1")]
-        assert sorted(set(steps)) == list(range(1, 9))
 
 
 def test_unreachable_tracking_server_fails_at_start(stage, tmp_path):

@@ -1,6 +1,7 @@
 """The training engine and the four recipes, on timm's tiny test models and toy data."""
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -9,7 +10,7 @@ from safetensors.torch import load_file
 
 from noisytail.data.transforms import AugmentConfig
 from noisytail.models.network import ModelConfig
-from noisytail.training.engine import TrainConfig, learning_rate
+from noisytail.training.engine import TrainConfig, learning_rate, selected_epoch
 from noisytail.training.recipes import RecipeConfig, run_recipe, training_rows
 
 MODEL = ModelConfig(backbone="test_resnet", embedding_dim=32)
@@ -160,3 +161,41 @@ def test_out_of_fold_models_never_train_on_what_they_judge(tmp_path, monkeypatch
         judged_here = set(train_rows["sample_id"][fold == k])
         assert seen[k] == set(round_input.split("train")["sample_id"]) - judged_here
         assert not seen[k] & set(dropped)
+
+
+def test_learns_shapes_that_only_spatial_structure_tells_apart(tmp_path):
+    """The default geometry and augmentation on a task a model must see to solve (chance: 75%
+    mean class error): bars, rings and crosses at random positions."""
+    from accelerate import Accelerator
+    from conftest import shapes_manifest
+
+    from noisytail.models.network import load_network
+    from noisytail.prediction import evaluate_split
+
+    manifest = shapes_manifest(tmp_path / "shapes")
+    model = ModelConfig(backbone="test_resnet", embedding_dim=0, bnneck=False, in_chans=1)
+    config = replace(TRAIN, epochs=8, base_lr=0.2, warmup_epochs=1)
+    run_recipe(RecipeConfig(), model, config, AugmentConfig(), manifest, tmp_path / "run")
+    network, _ = load_network(tmp_path / "run" / "model.safetensors")
+    report = evaluate_split(network, manifest, "test", 32, Accelerator(cpu=True))
+    assert report["mean_class_error"] < 15, report
+
+
+def test_selected_epoch_is_the_lowest_validation_error_the_later_on_a_tie():
+    history = [{"epoch": e, "val_mean_class_error": v} for e, v in
+               enumerate([50.0, 20.0, 30.0, 20.0, 40.0], start=1)]  # fmt: skip
+    assert selected_epoch(history) == 4
+    with pytest.raises(ValueError, match="train.select must be one of"):
+        TrainConfig(select="best")
+
+
+def test_best_val_selection_writes_the_chosen_epochs_weights(tmp_path):
+    from conftest import tiny_manifest
+
+    manifest = tiny_manifest(tmp_path / "toy")
+    result = train(manifest, tmp_path / "run", config=replace(TRAIN, select="best_val"))
+    errors = [h["val_mean_class_error"] for h in result["history"]]
+    assert errors[result["selected_epoch"] - 1] == min(errors)
+    chosen, best = (load_file(tmp_path / "run" / f"{name}.safetensors")
+                    for name in ("model", "model_best"))  # fmt: skip
+    assert all(torch.equal(chosen[k], best[k]) for k in chosen)

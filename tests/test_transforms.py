@@ -1,9 +1,33 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from noisytail.data.dataset import ImageDataset
-from noisytail.data.transforms import AugmentConfig, eval_transform, train_transform
+from noisytail.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentConfig,
+    eval_transform,
+    seed_transform,
+    train_transform,
+)
+
+GREY_MEAN, GREY_STD = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+
+
+def pixels(tensor: torch.Tensor) -> np.ndarray:
+    """Undo the normalisation of a one-channel output: H x W uint8 values again."""
+    return np.rint((tensor[0].numpy() * GREY_STD + GREY_MEAN) * 255).astype(int)
+
+
+def same_image_rows(tmp_path, image: np.ndarray, n: int) -> ImageDataset:
+    """``n`` rows that all show one image: each row is augmented with its own draw."""
+    Image.fromarray(image.astype(np.uint8), "L").save(tmp_path / "one.png")
+    rows = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "path": ["one.png"] * n,
+                         "label": 0})  # fmt: skip
+    return rows
 
 
 def test_train_and_eval_shapes(toy_manifest):
@@ -23,21 +47,89 @@ def test_augmentation_is_reproducible_per_epoch_and_row(toy_manifest):
     assert not torch.equal(dataset[3][0], first)
 
 
-def test_every_augmentation_fires_at_probability_one():
-    config = AugmentConfig(hue_saturation=1, brightness_contrast=1, gaussian_blur=1,
-                           horizontal_flip=1, vertical_flip=1, coarse_dropout=1)  # fmt: skip
-    pipeline = train_transform(16, config)
-    pipeline.set_random_seed(0)
-    image = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
-    names = [type(t).__name__ for t in pipeline.transforms]
-    assert names[:8] == [
-        "Resize", "RandomCrop", "HueSaturationValue", "RandomBrightnessContrast",
-        "GaussianBlur", "HorizontalFlip", "VerticalFlip", "CoarseDropout",
-    ]  # fmt: skip
-    assert all(t.p == 1 for t in pipeline.transforms[2:8])
-    assert pipeline(image=image)["image"].shape == (3, 16, 16)
+def test_augmentation_draws_are_independent(tmp_path):
+    """Each pixel value names its source position, so every output tells its crop offset and
+    its two flips. Over 2,000 rows, two transforms at p = 0.5 must fire together a quarter of
+    the time (the old per-transform seeding made them fire together half the time), and the
+    crop offset must not follow the flip."""
+    size = 16
+    image = 1 + np.arange(size * size).reshape(size, size) % 250  # unique values, 0 = border
+    config = AugmentConfig(margin=0.125, horizontal_flip=0.5, vertical_flip=0.5)
+    rows = same_image_rows(tmp_path, image, 2000)
+    dataset = ImageDataset(rows, tmp_path, train_transform(size, config, 1), channels=1, seed=3)
+    hflip, vflip, offset = [], [], []
+    for i in range(len(dataset)):
+        out = pixels(dataset[i][0])
+        inside = (out[:, :-1] > 0) & (out[:, 1:] > 0)
+        across = np.sign(out[:, 1:] - out[:, :-1])[inside]
+        down = np.sign(out[1:, :] - out[:-1, :])[(out[1:] > 0) & (out[:-1] > 0)]
+        hflip.append(np.median(across) < 0)
+        vflip.append(np.median(down) < 0)
+        centre = int(out[8, 8]) - 1  # the source position of the output's centre
+        column = centre % size
+        offset.append(column - ((size - 1 - 8) if hflip[-1] else 8))
+    hflip, vflip, offset = np.array(hflip), np.array(vflip), np.array(offset)
+    assert 0.46 < hflip.mean() < 0.54 and 0.46 < vflip.mean() < 0.54
+    assert abs((hflip & vflip).mean() - 0.25) < 0.04
+    assert len(set(offset)) >= 4  # the crop really moves
+    assert abs(np.corrcoef(offset, hflip)[0, 1]) < 0.1
 
 
-def test_unknown_augment_parameter_is_named():
+def test_one_shared_generator_gives_different_draws_per_transform():
+    import albumentations as A
+
+    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)], strict=True)
+    seed_transform(pipeline, 0, 0, 7)
+    first, second = pipeline.transforms
+    assert first.random_generator is second.random_generator
+
+
+@pytest.mark.parametrize("crop", ["pad", "zoom"])
+def test_train_and_eval_show_objects_at_the_same_scale(tmp_path, crop):
+    """A centred square keeps its size relative to the frame from training to evaluation."""
+    image = np.zeros((28, 28))
+    image[7:21, 7:21] = 255  # 14 px: half the frame
+    rows = same_image_rows(tmp_path, image, 50)
+    config = AugmentConfig(crop=crop, margin=0.25, horizontal_flip=0)
+
+    def square_side(transform) -> float:
+        dataset = ImageDataset(rows, tmp_path, transform, channels=1)
+        return float(np.mean([np.sqrt((pixels(dataset[i][0]) > 127).sum())
+                              for i in range(len(dataset))]))  # fmt: skip
+
+    trained = square_side(train_transform(32, config, 1))
+    evaluated = square_side(eval_transform(32, 1, config))
+    assert abs(trained - evaluated) < 1.0, (trained, evaluated)
+    if crop == "zoom":  # the seed's geometry: zoomed in training, plain resize at test
+        assert square_side(eval_transform(32, 1)) < trained - 2
+
+
+def test_each_augmentation_changes_the_image():
+    """At probability one every augmentation has an effect (not just p == 1 in its config)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    plain = AugmentConfig(margin=0, horizontal_flip=0)
+    reference = train_transform(20, plain)(image=image)["image"]
+    for name in ("hue_saturation", "brightness_contrast", "gaussian_blur", "horizontal_flip",
+                 "vertical_flip", "coarse_dropout"):  # fmt: skip
+        pipeline = train_transform(20, AugmentConfig(**{"margin": 0, "horizontal_flip": 0,
+                                                        name: 1}))  # fmt: skip
+        seed_transform(pipeline, 0)
+        changed = pipeline(image=image)["image"]
+        assert changed.shape == reference.shape
+        assert not torch.allclose(changed, reference, atol=1e-3), name
+
+
+def test_zero_probability_transforms_are_left_out():
+    names = [type(t).__name__ for t in train_transform(16, AugmentConfig(), 1).transforms]
+    assert names == ["Resize", "PadIfNeeded", "RandomCrop", "HorizontalFlip", "Normalize",
+                     "ToTensorV2"]  # fmt: skip
+
+
+def test_unknown_or_bad_augment_parameter_is_named():
     with pytest.raises(ValueError, match="unknown augment parameter.*'flip'"):
         AugmentConfig.from_params({"flip": 0.5})
+    with pytest.raises(ValueError, match="augment.crop must be one of"):
+        AugmentConfig(crop="random")
+    with pytest.raises(ValueError, match="augment.gaussian_blur is a probability"):
+        AugmentConfig(gaussian_blur=1.5)

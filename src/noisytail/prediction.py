@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest
-from noisytail.data.transforms import eval_transform
+from noisytail.data.transforms import AugmentConfig, eval_transform
 from noisytail.metrics import classification_report
 from noisytail.models.network import NoisyTailNet
 
@@ -83,15 +83,17 @@ def evaluate_split(
     image_size: int,
     accelerator: Accelerator,
     workers: int = 2,
+    augment: AugmentConfig = AugmentConfig(),
 ) -> dict[str, float]:
-    """Top-1, mean class error and many/medium/few accuracy of ``model`` on one split.
+    """Top-1, mean class error and many/medium/few accuracy of ``model`` on one split, seen at
+    ``image_size`` in the training geometry of ``augment`` (see ``data.transforms``).
 
     Classes are grouped by their clean training count where the truth is known (benchmarks),
     else by their given count.
     """
     channels = model.config.in_chans
     dataset = ImageDataset.from_manifest(
-        manifest, split, eval_transform(image_size, channels), channels=channels
+        manifest, split, eval_transform(image_size, channels, augment), channels=channels
     )
     table = predict_top_k(model, dataset, accelerator, top_k=1, workers=workers)
     column = "true_label" if "true_label" in manifest.table else "label"

@@ -1,7 +1,9 @@
-"""Decoding images from a manifest, and the check that finds every bad image before training."""
+"""Decoding images from a manifest, the decode-once cache for small images, and the check that
+finds every bad image before training."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,8 +16,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from noisytail.data.manifest import MAX_LISTED, Manifest, ManifestError
+from noisytail.data.transforms import seed_transform
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+# Images up to this many bytes each (a 64 x 64 RGB image is 12 kB) and this many in all are
+# decoded once into one memory-mapped array; larger ones are decoded from their files each time.
+CACHE_MAX_IMAGE_BYTES = 64 * 64 * 3
+CACHE_MAX_TOTAL_BYTES = 4 * 2**30
 
 
 class BadImageError(RuntimeError):
@@ -38,11 +45,54 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     return array[..., None] if channels == 1 else array
 
 
+def cache_dir() -> Path:
+    """Where decoded images are cached: ``$NOISYTAIL_CACHE_DIR``, else ~/.cache/noisytail."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "noisytail"
+    return Path(os.environ.get("NOISYTAIL_CACHE_DIR", default)) / "decoded"
+
+
+def decoded_images(paths: list[Path], channels: int) -> np.ndarray | None:
+    """All ``paths`` as one N x H x W x C uint8 array, decoded once and memory-mapped after.
+
+    The cache file is named by a digest of the paths, their sizes and modification times and the
+    channel count, so a changed manifest or a rewritten image builds a new one. Returns None (the
+    caller decodes per item) when the images are large, of different shapes, too many, or one of
+    them is bad (reading that item then raises the error that names it).
+    """
+    try:
+        first = load_image(paths[0], channels) if paths else None
+        if first is None or first.nbytes > CACHE_MAX_IMAGE_BYTES:
+            return None
+        if first.nbytes * len(paths) > CACHE_MAX_TOTAL_BYTES:
+            return None
+        digest = hashlib.sha256(str(channels).encode())
+        for path in paths:
+            stat = path.stat()
+            digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        target = cache_dir() / f"{digest.hexdigest()[:24]}.npy"
+        if target.is_file():
+            return np.load(target, mmap_mode="r")
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            images = list(tqdm(pool.map(lambda p: load_image(p, channels), paths, chunksize=256),
+                               total=len(paths), desc="decoding images once", unit="img",
+                               leave=False))  # fmt: skip
+    except (BadImageError, OSError):
+        return None
+    if any(image.shape != first.shape for image in images):
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
+    np.save(partial, np.stack(images))
+    os.replace(partial, target)  # complete or absent: a killed build leaves no half cache
+    return np.load(target, mmap_mode="r")
+
+
 class ImageDataset(Dataset):
     """Items ``(image, label, row)`` for the rows of one split of a manifest.
 
     Augmentation is reseeded per item from (seed, epoch, row), so an epoch's images are the same
     whatever the number of workers or processes, and a resumed run sees the data it would have.
+    Small images of one shape are decoded once (``decoded_images``), not once per epoch.
     """
 
     def __init__(
@@ -53,12 +103,14 @@ class ImageDataset(Dataset):
         channels: int = 3,
         seed: int = 0,
         label_column: str = "label",
+        cache: bool = True,
     ) -> None:
         self.paths = [Path(image_root) / p for p in rows["path"]]
         self.sample_ids = rows["sample_id"].astype(str).tolist()
         self.labels = torch.tensor(rows[label_column].to_numpy(copy=True), dtype=torch.long)
         self.transform, self.channels, self.seed = transform, channels, seed
         self.epoch = 0
+        self.images = decoded_images(self.paths, channels) if cache else None
 
     @classmethod
     def from_manifest(
@@ -72,13 +124,19 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, row: int):
+    def image(self, row: int) -> np.ndarray:
+        """The decoded H x W x C uint8 image of ``row`` (from the cache where there is one)."""
+        if self.images is not None:
+            return np.asarray(self.images[row])
         try:
-            image = load_image(self.paths[row], self.channels)
+            return load_image(self.paths[row], self.channels)
         except BadImageError as error:
             raise BadImageError(f"sample {self.sample_ids[row]!r}: {error}") from None
+
+    def __getitem__(self, row: int):
+        image = self.image(row)
         if self.transform is not None:
-            self.transform.set_random_seed(hash((self.seed, self.epoch, row)) % 2**32)
+            seed_transform(self.transform, self.seed, self.epoch, row)
             image = self.transform(image=image)["image"]
         return image, self.labels[row], row
 

@@ -2,41 +2,67 @@
 
 Both are built with ``strict=True`` so a misspelt or 1.x-style argument is an error, not a
 silently ignored option.
+
+Geometry: training and evaluation must show objects at the same scale, or the model is tested on
+sizes it never saw in training. ``crop: pad`` resizes to ``size``, pads a border of
+``margin * size`` and random-crops ``size`` (a translation; evaluation just resizes to ``size``).
+``crop: zoom`` resizes to ``(1 + margin) * size`` and random-crops ``size``; evaluation then
+resizes to the same ``(1 + margin) * size`` and centre-crops, as timm's ``crop_pct`` does.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CROPS = ("pad", "zoom")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Probabilities of the seed's augmentations; ``resize_scale`` sets the random-crop margin."""
+    """``augment:`` in params.yaml: the crop geometry and the probability of each augmentation."""
 
-    resize_scale: float = 1.125  # resize to size * scale, then random-crop `size`
-    hue_saturation: float = 0.3
-    brightness_contrast: float = 0.3
-    gaussian_blur: float = 0.1
+    crop: str = "pad"  # pad: translate within a zero border | zoom: resize up, random-crop
+    margin: float = 0.125  # pad: border of margin * size per side | zoom: resize to (1+margin)
+    hue_saturation: float = 0.0  # colour images only (skipped for one channel)
+    brightness_contrast: float = 0.0
+    gaussian_blur: float = 0.0
     horizontal_flip: float = 0.5
     vertical_flip: float = 0.0
-    coarse_dropout: float = 0.2
+    coarse_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"augment.crop must be one of {CROPS}, got {self.crop!r}")
+        if not 0 <= self.margin <= 1:
+            raise ValueError(f"augment.margin must be in [0, 1], got {self.margin}")
+        for name in ("hue_saturation", "brightness_contrast", "gaussian_blur", "horizontal_flip",
+                     "vertical_flip", "coarse_dropout"):  # fmt: skip
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"augment.{name} is a probability in [0, 1], got "
+                                 f"{getattr(self, name)}")  # fmt: skip
 
     @classmethod
     def from_params(cls, params: Mapping | None) -> AugmentConfig:
         params = dict(params or {})
         unknown = set(params) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown augment parameter(s) {sorted(unknown)}")
+            raise ValueError(
+                f"unknown augment parameter(s) {sorted(unknown)}; known: "
+                f"{sorted(f.name for f in fields(cls))}"
+            )
         return cls(**params)
 
 
@@ -46,13 +72,28 @@ def _normalize(channels: int) -> list:
     return [A.Normalize(mean=mean, std=std), ToTensorV2()]
 
 
+def _zoomed(size: int, config: AugmentConfig) -> int:
+    return max(size, round(size * (1 + config.margin)))
+
+
+def _random_crop(size: int, config: AugmentConfig) -> list:
+    if config.crop == "zoom":
+        resized = _zoomed(size, config)
+        return [A.Resize(height=resized, width=resized), A.RandomCrop(height=size, width=size)]
+    border = round(size * config.margin)
+    return [
+        A.Resize(height=size, width=size),
+        A.PadIfNeeded(min_height=size + 2 * border, min_width=size + 2 * border,
+                      border_mode=cv2.BORDER_CONSTANT, fill=0),
+        A.RandomCrop(height=size, width=size),
+    ]  # fmt: skip
+
+
 def train_transform(size: int, config: AugmentConfig = AugmentConfig(), channels: int = 3):
-    """Resize, random crop, colour shifts, blur, flips and coarse dropout, then normalise."""
-    resized = max(size, round(size * config.resize_scale))
+    """Random crop (see the module doc), then each augmentation with its probability."""
     colour = [A.HueSaturationValue(p=config.hue_saturation)] if channels == 3 else []
     steps = [
-        A.Resize(height=resized, width=resized),
-        A.RandomCrop(height=size, width=size),
+        *_random_crop(size, config),
         *colour,
         A.RandomBrightnessContrast(p=config.brightness_contrast),
         A.GaussianBlur(blur_limit=(3, 5), p=config.gaussian_blur),
@@ -67,9 +108,30 @@ def train_transform(size: int, config: AugmentConfig = AugmentConfig(), channels
         ),  # fmt: skip
         *_normalize(channels),
     ]
+    # Transforms whose probability is 0 never fire: leave them out (they still cost a call).
+    steps = [t for t in steps if getattr(t, "p", 1) > 0]
     return A.Compose(steps, strict=True)
 
 
-def eval_transform(size: int, channels: int = 3):
-    """Resize to ``size`` and normalise (test-time enlargement and ten-crop come with TTA)."""
-    return A.Compose([A.Resize(height=size, width=size), *_normalize(channels)], strict=True)
+def eval_transform(size: int, channels: int = 3, config: AugmentConfig = AugmentConfig()):
+    """The deterministic view of the training geometry: same object scale as in training."""
+    if config.crop == "zoom":
+        resized = _zoomed(size, config)
+        steps = [A.Resize(height=resized, width=resized), A.CenterCrop(height=size, width=size)]
+    else:
+        steps = [A.Resize(height=size, width=size)]
+    return A.Compose([*steps, *_normalize(channels)], strict=True)
+
+
+def seed_transform(transform: A.Compose, *seed: int) -> None:
+    """Give the whole pipeline ONE generator for this item, seeded from ``seed``.
+
+    ``Compose.set_random_seed(s)`` would give every transform its own generator seeded with the
+    same ``s``: every transform's first draw is then the same number, so the augmentations fire
+    together and the crop offset follows the flip. A single shared generator makes the draws of
+    successive transforms independent.
+    """
+    entropy = np.random.SeedSequence(list(seed))
+    transform.set_random_state(
+        np.random.default_rng(entropy), random.Random(int(entropy.generate_state(1)[0]))
+    )

@@ -171,13 +171,19 @@ def build_network(config: ModelConfig, num_classes: int) -> NoisyTailNet:
 
 
 def save_network(model: NoisyTailNet, path: str | os.PathLike, classes: tuple[str, ...]) -> Path:
-    """``model.safetensors`` plus ``model.json`` (config and classes) to rebuild it."""
+    """``model.safetensors`` plus ``model.json`` (config and classes) to rebuild it.
+
+    Each file is written under a temporary name and renamed: a reader (or a killed run) never
+    meets a half-written model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
     meta = {"model": asdict(replace(model.config, pretrained="")), "classes": list(classes)}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    partial = path.with_name(f"partial_{path.stem}")
+    partial.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    partial.with_suffix(".json").replace(path.with_suffix(".json"))
+    save_file(state, str(partial.with_suffix(".safetensors")))
+    partial.with_suffix(".safetensors").replace(path)
     return path
 
 

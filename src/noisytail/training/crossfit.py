@@ -63,7 +63,8 @@ def out_of_fold_predictions(
                    seed=seed, accelerator=accelerator)  # fmt: skip
         model, _ = load_network(fold_dir / "model.safetensors")
         held_out = candidates[fold == k].reset_index(drop=True)
-        part = _predict(model, held_out, judged.image_root, train_config, top_k, accelerator)
+        part = _predict(model, held_out, judged.image_root, train_config, augment, top_k,
+                        accelerator)  # fmt: skip
         parts.append(part.assign(fold=k))
     return merge_out_of_fold(parts, fold, candidates["sample_id"].to_numpy())
 
@@ -99,14 +100,14 @@ def cleaning_predictions(
     model, classes = load_network(Path(run_dir) / name)
     if classes != judged.classes:
         raise ValueError(f"{Path(run_dir) / name} was trained on other classes than the manifest")
-    return _predict(model, judged.split("train"), judged.image_root, train_config, top_k,
+    return _predict(model, judged.split("train"), judged.image_root, train_config, augment, top_k,
                     accelerator)  # fmt: skip
 
 
-def _predict(model, rows, image_root, train_config, top_k, accelerator) -> pd.DataFrame:
-    """Top-k predictions and embeddings of ``rows`` at the training image size."""
+def _predict(model, rows, image_root, train_config, augment, top_k, accelerator) -> pd.DataFrame:
+    """Top-k predictions and embeddings of ``rows`` at the training image size and geometry."""
     channels = model.config.in_chans
-    dataset = ImageDataset(rows, image_root, eval_transform(train_config.image_size, channels),
-                           channels=channels)  # fmt: skip
+    transform = eval_transform(train_config.image_size, channels, augment)
+    dataset = ImageDataset(rows, image_root, transform, channels=channels)
     return predict_top_k(model, dataset, accelerator, top_k=top_k, workers=train_config.workers,
                          with_embedding=True)  # fmt: skip

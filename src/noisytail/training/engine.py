@@ -30,6 +30,8 @@ from noisytail.metrics import classification_report
 from noisytail.models.network import NoisyTailNet, save_network
 from noisytail.tracking import RunTracker
 
+SELECTIONS = ("last", "best_val")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -56,7 +58,12 @@ class TrainConfig:
     workers: int = 2
     keep_checkpoints: int = 1
     snapshot_epochs: tuple[int, ...] = ()  # also keep model_epoch_<e>.safetensors (early weights)
+    select: str = "last"  # last: the final epoch's weights | best_val: the lowest val MCE epoch's
     cpu: bool = False  # force the CPU even where a GPU is present
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ValueError(f"train.select must be one of {SELECTIONS}, got {self.select!r}")
 
 
 def learning_rate(step: int, steps_per_epoch: int, peak: float, config: TrainConfig) -> float:
@@ -135,6 +142,8 @@ def fit(
     out_dir = Path(out_dir)
     accelerator = accelerator or make_accelerator(config)
     checkpoints, done_file = out_dir / "checkpoints", out_dir / "done.json"
+    best_file = out_dir / "model_best.safetensors"  # kept whenever there is a val split
+    selecting = config.select == "best_val" and val_set is not None
     if accelerator.is_main_process:
         claim_run_dir(out_dir, fingerprint or json.dumps(asdict(config), sort_keys=True))
     accelerator.wait_for_everyone()
@@ -235,19 +244,40 @@ def fit(
         )
         if tracker is not None:
             tracker.log_metrics(metrics, step=epoch + 1)
+        best = val_loader is not None and selected_epoch(history) == epoch + 1
+        if best and accelerator.is_main_process:
+            save_network(accelerator.unwrap_model(model), best_file, classes)
         if epoch + 1 in config.snapshot_epochs and accelerator.is_main_process:
             snapshot = out_dir / f"model_epoch_{epoch + 1}.safetensors"
             save_network(accelerator.unwrap_model(model), snapshot, classes)
         save_checkpoint(accelerator, checkpoints, epoch, history, config.keep_checkpoints)
 
+    chosen = selected_epoch(history) if selecting else len(history)
     result = {"history": history, "final": history[-1] if history else {},
-              "config": asdict(config), "num_processes": accelerator.num_processes}  # fmt: skip
+              "selected_epoch": chosen, "config": asdict(config),
+              "num_processes": accelerator.num_processes}  # fmt: skip
     if accelerator.is_main_process:
-        save_network(accelerator.unwrap_model(model), out_dir / "model.safetensors", classes)
+        if selecting and chosen != len(history):
+            copy_network(best_file, out_dir / "model.safetensors")
+        else:
+            save_network(accelerator.unwrap_model(model), out_dir / "model.safetensors", classes)
         done_file.write_text(json.dumps(result, indent=1))
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # forget this model, so a later fit's save_state holds only its own
     return result
+
+
+def selected_epoch(history: list[dict]) -> int:
+    """The epoch (1-based) of the lowest validation mean class error; the later one on a tie."""
+    return min(history, key=lambda h: (h["val_mean_class_error"], -h["epoch"]))["epoch"]
+
+
+def copy_network(source: Path, target: Path) -> None:
+    """Copy a saved network (weights and its .json) so that ``target`` is never half written."""
+    for suffix in (".json", ".safetensors"):
+        partial = target.with_name(f"partial_{target.stem}{suffix}")
+        shutil.copyfile(source.with_suffix(suffix), partial)
+        partial.replace(target.with_suffix(suffix))
 
 
 def claim_run_dir(out_dir: Path, fingerprint: str) -> None:
@@ -256,7 +286,14 @@ def claim_run_dir(out_dir: Path, fingerprint: str) -> None:
     if stamp.exists() and stamp.read_text() != fingerprint:
         print(f"{out_dir}: inputs changed since the last run; starting afresh")
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-        for name in ("done.json", "model.safetensors", "model.json", "mlflow_run_id"):
+        for name in (
+            "done.json",
+            "model.safetensors",
+            "model.json",
+            "mlflow_run_id",
+            "model_best.safetensors",
+            "model_best.json",
+        ):
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)

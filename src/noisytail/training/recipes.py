@@ -105,7 +105,7 @@ def run_recipe(
     val_set = None
     if len(val_rows):
         val_set = ImageDataset(
-            val_rows, manifest.image_root, eval_transform(size, channels), channels
+            val_rows, manifest.image_root, eval_transform(size, channels, augment), channels
         )
     return fit(
         model, train_set, val_set, train_config, out_dir, classes=manifest.classes, seed=seed,

@@ -1,0 +1,173 @@
+"""noisytail's default recipe beside a plain timm baseline, on the noisy and on the true labels.
+
+The plain recipe is written out here in full, with nothing of noisytail's in it but the data:
+``timm.create_model("resnet18", num_classes=10, in_chans=1)``; 28 px images zero-padded to 32 and
+normalised with Fashion-MNIST's mean / std; random crop 32 from the 4-px zero-padded image and a
+horizontal flip; SGD momentum 0.9, weight decay 5e-4 on every parameter, batch 128, lr 0.05, one
+epoch of linear warm-up then cosine to 0 per step; the last epoch's weights.
+
+noisytail's recipe is ``params.yaml`` as it is (model, train, augment), through ``run_recipe``,
+with the same number of epochs. Each benchmark seed draws its own FMNIST-LT-N (class order and
+noisy samples); both recipes train on the very same images. Test split only reported.
+
+    python benchmarks/baseline.py [--seeds 0 1] [--epochs 15] [--work outputs/baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from common import print_table, write_result
+
+from noisytail.config import from_mapping, load_params
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import Manifest, read_manifest, write_manifest
+from noisytail.data.prepare import BenchmarkConfig, DataConfig, prepare
+from noisytail.data.transforms import AugmentConfig
+from noisytail.metrics import classification_report
+from noisytail.models.network import ModelConfig, load_network
+from noisytail.prediction import evaluate_split
+from noisytail.training.engine import TrainConfig
+from noisytail.training.recipes import RecipeConfig, run_recipe
+
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+
+
+def benchmark_data(seed: int, work: Path, params: dict) -> Manifest:
+    """FMNIST-LT-N drawn with ``seed`` (prepared once, then read back)."""
+    out = work / f"data_seed{seed}"
+    if not (out / "manifest.parquet").is_file():
+        data = from_mapping(DataConfig, params.get("data"), "data")
+        bench = from_mapping(BenchmarkConfig, params.get("benchmark"), "benchmark")
+        manifest, _ = prepare(data, bench, out, seed=seed)
+        write_manifest(manifest, out / "manifest.parquet")
+    return read_manifest(out / "manifest.parquet")
+
+
+def with_true_labels(manifest: Manifest) -> Manifest:
+    return manifest.with_table(manifest.table.assign(label=manifest.table["true_label"]))
+
+
+def images(manifest: Manifest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x 1 x 32 x 32 floats in [0, 1] (28 px zero-padded to 32) and the given labels."""
+    dataset = ImageDataset.from_manifest(manifest, split, channels=1)
+    pixels = np.stack([dataset.image(i) for i in range(len(dataset))])  # N x 28 x 28 x 1
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+    return F.pad(x, (2, 2, 2, 2)), dataset.labels
+
+
+def plain_recipe(manifest: Manifest, epochs: int, seed: int) -> tuple[dict, float]:
+    """Train the plain recipe; return its test report and training images per second."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x, y = images(manifest, "train")
+    model = timm.create_model("resnet18", num_classes=manifest.num_classes, in_chans=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    batch, steps_per_epoch = 128, len(x) // 128
+    total, warmup = epochs * steps_per_epoch, steps_per_epoch
+    step, seen, train_seconds = 0, 0, 0.0
+    for _ in range(epochs):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(x), generator=generator)
+        for b in range(steps_per_epoch):
+            index = order[b * batch : (b + 1) * batch]
+            padded = F.pad(x[index], (4, 4, 4, 4))  # zeros: black, as the padding to 32
+            dx, dy = torch.randint(0, 9, (2, len(index)), generator=generator)
+            crops = torch.stack([p[:, i : i + 32, j : j + 32] for p, i, j in zip(padded, dy, dx)])
+            flip = torch.rand(len(index), generator=generator) < 0.5
+            crops[flip] = crops[flip].flip(-1)
+            if step < warmup:
+                lr = 0.05 * (step + 1) / warmup
+            else:
+                lr = 0.05 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = F.cross_entropy(model((crops - FMNIST_MEAN) / FMNIST_STD), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step, seen = step + 1, seen + len(index)
+        train_seconds += time.perf_counter() - started
+    model.eval()
+    test_x, test_y = images(manifest, "test")
+    with torch.no_grad():
+        pred = torch.cat([model((c - FMNIST_MEAN) / FMNIST_STD).argmax(1)
+                          for c in test_x.split(512)])  # fmt: skip
+    counts = manifest.class_counts("train", "true_label").to_numpy()
+    report = classification_report(pred.numpy(), test_y.numpy(), manifest.num_classes, counts)
+    return report, seen / train_seconds
+
+
+def noisytail_recipe(
+    manifest: Manifest, out: Path, params: dict, epochs: int, seed: int
+) -> tuple[dict, float]:
+    """params.yaml's recipe through run_recipe; its test report and training images per second."""
+    model_config = from_mapping(ModelConfig, params["model"], "model")
+    train_config = replace(from_mapping(TrainConfig, params["train"], "train"), epochs=epochs)
+    augment = AugmentConfig.from_params(params.get("augment"))
+    result = run_recipe(RecipeConfig(), model_config, train_config, augment, manifest, out,
+                        seed=seed, accelerator=Accelerator(cpu=True))  # fmt: skip
+    steps = len(manifest.split("train")) // train_config.batch_size
+    seconds = sum(h["epoch_seconds"] for h in result["history"])
+    model, _ = load_network(out / "model.safetensors")
+    report = evaluate_split(model, manifest, "test", train_config.image_size,
+                            Accelerator(cpu=True), augment=augment)  # fmt: skip
+    return report, steps * train_config.batch_size * epochs / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="benchmark seeds")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--work", default="outputs/baseline")
+    parser.add_argument("--name", default="baseline", help="results/<name>.json")
+    args = parser.parse_args()
+    params, work = load_params(), Path(args.work)
+
+    rows, summary = [], {}
+    for seed in args.seeds:
+        noisy = benchmark_data(seed, work, params)
+        runs = {}
+        for labels, manifest in (("noisy", noisy), ("oracle", with_true_labels(noisy))):
+            for recipe in ("plain", "ours"):
+                started = time.perf_counter()
+                if recipe == "plain":
+                    report, rate = plain_recipe(manifest, args.epochs, seed)
+                else:
+                    out = work / f"seed{seed}_{labels}_recipe"
+                    report, rate = noisytail_recipe(manifest, out, params, args.epochs, seed)
+                runs[f"{recipe}_{labels}"] = (report, rate)
+                rows.append({
+                    "seed": seed, "labels": labels, "recipe": recipe,
+                    "mean_class_error": round(report["mean_class_error"], 2),
+                    "top1": round(report["top1"], 2),
+                    **{g: round(report.get(f"{g}_accuracy", float("nan")), 1)
+                       for g in ("many", "medium", "few")},
+                    "img_s": round(rate), "minutes": round((time.perf_counter() - started) / 60, 1),
+                })  # fmt: skip
+                print_table(rows[-1:])
+        summary[str(seed)] = {
+            **{k: round(r["mean_class_error"], 2) for k, (r, _) in runs.items()},
+            "ours_noisy_few_accuracy": round(runs["ours_noisy"][0]["few_accuracy"], 2),
+            "img_s_ratio": round(float(np.mean(
+                [runs[f"ours_{k}"][1] / runs[f"plain_{k}"][1] for k in ("noisy", "oracle")]
+            )), 3),
+        }  # fmt: skip
+    print()
+    print_table(rows)
+    write_result(args.name, rows, epochs=args.epochs, summary=summary,
+                 recipe={k: params[k] for k in ("model", "train", "augment")})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
