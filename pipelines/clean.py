@@ -1,6 +1,7 @@
 """DVC stage `clean`: one cleaning round. Reads the predictions of the model trained on the
 round's input manifest, for the samples it judges (``cleaning.judge``: all original training
-samples, or the round's own); writes the cleaned manifest, report.json, plots and an MLflow run.
+samples, or the round's own); writes the cleaned manifest, the decisions, report.json, plots,
+the per-class galleries of what it dropped, kept and relabelled, and an MLflow run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from noisytail.cleaning import (
 )
 from noisytail.config import load_params
 from noisytail.data.manifest import read_manifest, write_manifest
+from noisytail.gallery import DECISION_COLUMNS, write_gallery
 from noisytail.plots import confidence_histogram
 from noisytail.prediction import read_predictions
 from noisytail.tracking import RunTracker
@@ -66,6 +68,11 @@ def main() -> None:
             kept, original.split("train"), manifest.classes
         )
     write_manifest(cleaned, out / "manifest.parquet")
+    decided[list(DECISION_COLUMNS)].to_parquet(out / "decisions.parquet", index=False)
+    gallery = params.get("gallery") or {}
+    write_gallery(decided, manifest, out / "gallery", args.round,
+                  per_section=gallery.get("per_section", 24),
+                  max_classes=gallery.get("max_classes", 50))  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=1))
     counts.reset_index(names="class").to_csv(out / "per_class.csv", index=False)
     consistent = (decided["pred"] == decided["label"]).to_numpy()
@@ -81,6 +88,7 @@ def main() -> None:
                          "relabelled": report["relabelled"], **flat})  # fmt: skip
     tracker.log_artifact(out / "confidence.png")
     tracker.log_artifact(out / "report.json")
+    tracker.log_artifacts(out / "gallery", "gallery")
     tracker.end()
     print(f"round {args.round}: kept {report['kept']}, dropped {report['dropped']}, "
           f"relabelled {report['relabelled']}")  # fmt: skip

@@ -40,6 +40,7 @@ QUICK = {
     },  # fmt: skip
     "augment": {},
     "tracking": {"experiment": "pipeline-test"},
+    "gallery": {"per_section": 4, "max_classes": 2},
     "cleaning": {
         "rounds": [
             {"round": 1, "input": "data/prepared", "output": "data/clean/round_1"},
@@ -109,6 +110,9 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
     for r in (1, 2):
         assert (root / f"data/clean/round_{r}/manifest.parquet").is_file()
         assert (root / f"data/clean/round_{r}/confidence.png").is_file()
+        # 3 classes, at most 2 drawn: the overview and the two that lost the largest share
+        gallery = sorted(p.name for p in (root / f"data/clean/round_{r}/gallery").iterdir())
+        assert len(gallery) == 3 and "overview.png" in gallery
         assert (root / f"models/round_{r}/model_epoch_1.safetensors").is_file()
     prepared = pd.read_parquet(root / "data/prepared/manifest.parquet")
     for r in (1, 2):  # the stage's metrics are what its model does on the test split
@@ -133,6 +137,11 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
 
     second = run([*dvc, "repro"], root, env)
     assert "Data and pipelines are up to date" in second.stdout
+
+    # dvc plots show renders the galleries (images) beside the other plots.
+    run([*dvc, "plots", "show", "-o", "plots"], root, env)
+    page = (root / "plots" / "index.html").read_text()
+    assert "gallery/overview.png" in page and "round_2/gallery" in page
 
     # A new cleaning threshold re-runs the cleaning and everything after it, not round 1's model.
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from noisytail.data.manifest import ManifestError, manifest_digest, read_manifest
 from noisytail.data.prepare import summarise
@@ -18,16 +19,49 @@ def inspect_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def draw_gallery(args: argparse.Namespace) -> int:
+    """One class's gallery of a cleaning round, on demand (thousands of classes: the clean stage
+    draws only the classes that lost the most)."""
+    import pandas as pd
+
+    from noisytail.gallery import write_gallery
+
+    decisions_file = Path(args.clean_dir) / f"round_{args.round}" / "decisions.parquet"
+    if not decisions_file.is_file():
+        raise ManifestError(f"{decisions_file} does not exist: run the round's clean stage first "
+                            f"(dvc repro clean)")  # fmt: skip
+    written = write_gallery(
+        pd.read_parquet(decisions_file), read_manifest(args.manifest), args.out, str(args.round),
+        per_section=args.per_section, only=args.class_names,
+    )  # fmt: skip
+    for path in written:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="noisytail", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="summarise a manifest")
     inspect.add_argument("manifest", help="path to a manifest.parquet")
     inspect.set_defaults(run=inspect_manifest)
+    gallery = commands.add_parser("gallery", help="draw a cleaning round's gallery of classes")
+    gallery.add_argument("--round", required=True, help="the cleaning round (1, 2, ...)")
+    gallery.add_argument("--class", dest="class_names", action="append", required=True,
+                         metavar="NAME", help="a class name (repeat for more)")  # fmt: skip
+    gallery.add_argument("--per-section", type=int, default=24, help="tiles per section")
+    gallery.add_argument("--clean-dir", default="data/clean", help="holds round_<r>/")
+    gallery.add_argument(
+        "--manifest",
+        default="data/prepared/manifest.parquet",
+        help="a manifest holding every judged sample (paths, true labels)",
+    )
+    gallery.add_argument("--out", default="gallery", help="folder for the PNG files")
+    gallery.set_defaults(run=draw_gallery)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ManifestError as error:
+    except (ManifestError, ValueError) as error:
         print(f"noisytail: {error}", file=sys.stderr)
         return 2
 

@@ -112,6 +112,11 @@ class RunTracker:
         if self.enabled and Path(path).exists():
             self.mlflow.log_artifact(str(path), artifact_path=folder)
 
+    def log_artifacts(self, folder: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Every file of ``folder`` (a gallery, say) under ``artifact_path``."""
+        if self.enabled and Path(folder).is_dir():
+            self.mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.mlflow.active_run() is not None:
             self.mlflow.end_run(status=status)
