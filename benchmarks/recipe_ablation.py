@@ -24,6 +24,7 @@ from noisytail.config import load_params
 from noisytail.data.transforms import AugmentConfig
 from noisytail.models.network import load_network
 from noisytail.prediction import evaluate_split
+from noisytail.training.engine import selected_epoch
 
 # name -> overrides of params.yaml sections, each one change from the default
 VARIANTS: dict[str, dict] = {
@@ -81,7 +82,7 @@ def main() -> None:
                                                  augment)})  # fmt: skip
         if name == "default":
             done = json.loads((out / "done.json").read_text())
-            best = min(done["history"], key=lambda h: h["val_mean_class_error"])["epoch"]
+            best = selected_epoch(done["history"])  # on a tie, the later epoch (what was kept)
             rows.append(
                 {
                     "variant": f"best-val epoch ({best}) instead of the last",

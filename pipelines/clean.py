@@ -20,9 +20,10 @@ from noisytail.cleaning import (
     judged_samples,
     round_config,
 )
-from noisytail.config import load_params
-from noisytail.data.manifest import read_manifest, write_manifest
+from noisytail.data.manifest import ManifestError, read_manifest, write_manifest
+from noisytail.errors import report_expected_errors
 from noisytail.gallery import DECISION_COLUMNS, write_gallery
+from noisytail.params import load_checked_params
 from noisytail.plots import confidence_histogram
 from noisytail.prediction import read_predictions
 from noisytail.tracking import RunTracker
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    params = load_params(args.params)
+    params = load_checked_params(args.params)
     config = round_config(params.get("cleaning"), args.round)
     original = read_manifest(args.original)
     manifest = judged_samples(config, read_manifest(args.manifest), original)
@@ -46,7 +47,7 @@ def main() -> None:
     predictions = read_predictions(args.predictions)
     if predictions["sample_id"].tolist() != train["sample_id"].tolist():
         judged = args.original if config.judge == "all" else args.manifest
-        raise SystemExit(f"{args.predictions} does not predict the training split of {judged} "
+        raise ManifestError(f"{args.predictions} does not predict the training split of {judged} "
                          f"(cleaning.judge: {config.judge}); re-run the predict stage")  # fmt: skip
 
     _, decided = judge_predictions(predictions, manifest.num_classes, config)
@@ -100,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_expected_errors(main)

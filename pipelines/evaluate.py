@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from noisytail.config import load_params
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import AugmentConfig
+from noisytail.errors import report_expected_errors
 from noisytail.models.network import load_network
+from noisytail.params import load_checked_params
 from noisytail.prediction import evaluate_split
 from noisytail.training.engine import TrainConfig, make_accelerator
 
@@ -23,7 +24,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    params = load_params(args.params)
+    params = load_checked_params(args.params)
     train = params.get("train") or {}
     manifest = read_manifest(args.manifest)
     split = args.split
@@ -43,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_expected_errors(main)

@@ -9,11 +9,13 @@ import argparse
 from pathlib import Path
 
 from noisytail.cleaning import judged_samples, round_config
-from noisytail.config import from_mapping, load_params
+from noisytail.config import from_mapping
 from noisytail.data.dataset import ImageDataset
-from noisytail.data.manifest import read_manifest
+from noisytail.data.manifest import ManifestError, read_manifest
 from noisytail.data.transforms import AugmentConfig, eval_transform
+from noisytail.errors import report_expected_errors
 from noisytail.models.network import ModelConfig, load_network
+from noisytail.params import load_checked_params
 from noisytail.prediction import predict_top_k, write_predictions
 from noisytail.training.crossfit import cleaning_predictions
 from noisytail.training.engine import TrainConfig, make_accelerator
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    params = load_params(args.params)
+    params = load_checked_params(args.params)
     train = params.get("train") or {}
     manifest = read_manifest(args.manifest)
     augment = AugmentConfig.from_params(params.get("augment"))
@@ -65,7 +67,7 @@ def main() -> None:
             weights /= "model.safetensors"
         model, classes = load_network(weights)
         if classes != manifest.classes:
-            raise SystemExit(f"{weights} was trained on other classes than {args.manifest} has")
+            raise ManifestError(f"{weights} was trained on other classes than {args.manifest} has")
         size, channels = train.get("image_size", 32), model.config.in_chans
         dataset = ImageDataset.from_manifest(
             manifest, args.split, eval_transform(size, channels, augment), channels=channels
@@ -81,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_expected_errors(main)

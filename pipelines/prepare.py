@@ -6,9 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from noisytail.config import from_mapping, load_params
+from noisytail.config import from_mapping
 from noisytail.data.manifest import write_manifest
 from noisytail.data.prepare import BenchmarkConfig, DataConfig, prepare
+from noisytail.errors import report_expected_errors
+from noisytail.params import load_checked_params
 from noisytail.plots import class_distribution
 
 
@@ -18,7 +20,7 @@ def main() -> None:
     parser.add_argument("--out", default="data/prepared")
     args = parser.parse_args()
 
-    params = load_params(args.params)
+    params = load_checked_params(args.params)
     data = from_mapping(DataConfig, params.get("data"), "data")
     benchmark = from_mapping(BenchmarkConfig, params.get("benchmark"), "benchmark")
     out = Path(args.out)
@@ -53,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_expected_errors(main)

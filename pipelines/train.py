@@ -12,10 +12,12 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from noisytail.config import from_mapping, load_params
+from noisytail.config import from_mapping
 from noisytail.data.manifest import manifest_digest, read_manifest
 from noisytail.data.transforms import AugmentConfig
+from noisytail.errors import report_expected_errors
 from noisytail.models.network import ModelConfig
+from noisytail.params import load_checked_params
 from noisytail.tracking import RunTracker
 from noisytail.training.engine import TrainConfig, make_accelerator
 from noisytail.training.recipes import RecipeConfig, run_recipe
@@ -34,7 +36,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    params = load_params(args.params)
+    params = load_checked_params(args.params)
     train_params = dict(params.get("train") or {})
     if args.section:
         train_params.update(params.get(args.section) or {})
@@ -77,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_expected_errors(main)

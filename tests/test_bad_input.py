@@ -64,12 +64,12 @@ def test_skip_policy_drops_and_reports(broken_folder, tmp_path):
 
 
 def test_prepare_stops_before_training_on_bad_images(broken_folder, tmp_path):
-    data = DataConfig(source="image_folder", path=str(broken_folder), val_per_class=1)
+    tiny = {"val_fraction": 0.25, "val_min_class": 2}  # classes of 4-6 images: one held out
+    data = DataConfig(source="image_folder", path=str(broken_folder), **tiny)
     with pytest.raises(ManifestError, match="4 bad image"):
         prepare(data, BenchmarkConfig(), tmp_path / "out")
     manifest, summary = prepare(
-        DataConfig(source="image_folder", path=str(broken_folder), val_per_class=1,
-                   on_bad_image="skip"),
+        DataConfig(source="image_folder", path=str(broken_folder), on_bad_image="skip", **tiny),
         BenchmarkConfig(), tmp_path / "out",
     )  # fmt: skip
     assert summary["bad_images_skipped"] == 4
@@ -111,7 +111,10 @@ def test_clean_stage_names_predictions_of_other_samples(toy_manifest, tmp_path):
     kept = round_input.split("train")
     predictions = tmp_path / "predictions.parquet"
     pd.DataFrame({"sample_id": kept["sample_id"], "label": kept["label"]}).to_parquet(predictions)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"cleaning": {"judge": "all"}}))
+    rounds = [{"round": 1, "input": "data/prepared", "output": "data/clean/round_1"}]
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"cleaning": {"judge": "all", "rounds": rounds}})
+    )
     result = subprocess.run(
         [sys.executable, str(REPO / "pipelines/clean.py"),
          "--params", str(tmp_path / "params.yaml"),
@@ -119,7 +122,7 @@ def test_clean_stage_names_predictions_of_other_samples(toy_manifest, tmp_path):
          str(original), "--predictions", str(predictions), "--out", str(tmp_path / "out")],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert f"{predictions} does not predict the training split of {original}" in result.stderr
     assert "cleaning.judge: all" in result.stderr
     assert not (tmp_path / "out").exists()

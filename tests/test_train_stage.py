@@ -125,9 +125,12 @@ def test_unreachable_tracking_server_fails_at_start(stage, tmp_path):
     env = {**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens on port 9
     started = time.time()
     result = subprocess.run(command(tmp_path / "x"), env=env, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in errors[0]
     assert time.time() - started < 60 and not (tmp_path / "x" / "checkpoints").exists()
+    assert not (tmp_path / "x" / "model.safetensors").exists()  # nothing trained
 
 
 def free_port() -> int:

@@ -131,5 +131,5 @@ def test_unknown_or_bad_augment_parameter_is_named():
         AugmentConfig.from_params({"flip": 0.5})
     with pytest.raises(ValueError, match="augment.crop must be one of"):
         AugmentConfig(crop="random")
-    with pytest.raises(ValueError, match="augment.gaussian_blur is a probability"):
+    with pytest.raises(ValueError, match=r"augment.gaussian_blur must be in \[0.0, 1.0\], got 1.5"):
         AugmentConfig(gaussian_blur=1.5)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from noisytail.config import ConfigError, from_mapping
+from noisytail.config import ConfigError, check_choice, check_range, from_mapping
 from noisytail.data.manifest import Manifest
 from noisytail.neighbours import neighbour_smoothed
 
@@ -52,6 +52,16 @@ class CleaningConfig:
     judge: str = "all"  # all: every original training sample, each round | kept: the round's
     neighbours: int = 30  # mix the labels of this many nearest neighbours into the evidence
     neighbour_weight: float = 0.5  # their share of the mixed probabilities (0: softmax only)
+
+    def __post_init__(self) -> None:
+        check_choice("cleaning.rule", self.rule, RULES)
+        check_choice("cleaning.predictions", self.predictions, PREDICTION_SOURCES)
+        check_choice("cleaning.judge", self.judge, JUDGES)
+        for name in ("threshold", "fraction", "neighbour_weight"):
+            check_range(f"cleaning.{name}", getattr(self, name), 0.0, 1.0)
+        for name in ("prior_correction", "min_per_class", "neighbours", "relabel_threshold"):
+            check_range(f"cleaning.{name}", getattr(self, name), 0)
+        check_range("cleaning.folds", self.folds, 2)
 
 
 def round_config(section: Mapping | None, round_number: int | str = "") -> CleaningConfig:

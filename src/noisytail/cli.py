@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from noisytail.data.manifest import ManifestError, manifest_digest, read_manifest
 from noisytail.data.prepare import summarise
+from noisytail.errors import EXIT_STATUS, EXPECTED_ERRORS, one_line
 
 
 def inspect_manifest(args: argparse.Namespace) -> int:
@@ -61,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ManifestError, ValueError) as error:
-        print(f"noisytail: {error}", file=sys.stderr)
-        return 2
+    except (*EXPECTED_ERRORS, ValueError) as error:
+        if os.environ.get("NOISYTAIL_DEBUG") == "1":
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_STATUS
 
 
 if __name__ == "__main__":

@@ -12,11 +12,26 @@ from typing import Any, TypeVar
 
 import yaml
 
+from noisytail.errors import NoisytailError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(NoisytailError, ValueError):
     """A parameter that is missing, unknown or of the wrong type; the message names it."""
+
+
+def check_choice(name: str, value: Any, allowed: tuple | list | Mapping) -> None:
+    """``value`` must be one of ``allowed``; the error names the key and the allowed values."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_range(name: str, value: float, low: float, high: float = float("inf")) -> None:
+    """``low <= value <= high``; the error names the key and the range."""
+    if not low <= value <= high:
+        bounds = f"at least {low}" if high == float("inf") else f"in [{low}, {high}]"
+        raise ConfigError(f"{name} must be {bounds}, got {value!r}")
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:

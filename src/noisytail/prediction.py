@@ -15,13 +15,13 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest
 from noisytail.data.transforms import AugmentConfig, eval_transform
 from noisytail.metrics import classification_report
 from noisytail.models.network import NoisyTailNet
+from noisytail.progress import progress
 
 
 @torch.no_grad()
@@ -43,8 +43,8 @@ def predict_top_k(
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, num_workers=workers))
     model = model.to(accelerator.device).eval()
     rows, indices, probs, label_probs, embeddings = [], [], [], [], []
-    for images, labels, row in tqdm(loader, desc="predicting", unit="batch", leave=False,
-                                    disable=not accelerator.is_local_main_process):  # fmt: skip
+    for images, labels, row in progress(loader, desc="predicting", unit="batch", leave=False,
+                                        enabled=accelerator.is_local_main_process):  # fmt: skip
         with accelerator.autocast():
             features = model.features(images)
             logits = model.head(features)
@@ -96,7 +96,7 @@ def evaluate_split(
         manifest, split, eval_transform(image_size, channels, augment), channels=channels
     )
     table = predict_top_k(model, dataset, accelerator, top_k=1, workers=workers)
-    column = "true_label" if "true_label" in manifest.table else "label"
+    column = "true_label" if manifest.fully_verified else "label"
     return classification_report(
         np.stack(table["topk_index"])[:, 0], dataset.labels.numpy(), manifest.num_classes,
         manifest.class_counts("train", column).to_numpy(),

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from noisytail.config import flatten
+from noisytail.errors import NoisytailError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(NoisytailError, RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 

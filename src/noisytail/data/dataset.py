@@ -13,10 +13,11 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from noisytail.data.manifest import MAX_LISTED, Manifest, ManifestError
 from noisytail.data.transforms import seed_transform
+from noisytail.errors import NoisytailError
+from noisytail.progress import progress
 
 BAD_IMAGE_POLICIES = ("error", "skip")
 # Images up to this many bytes each (a 64 x 64 RGB image is 12 kB) and this many in all are
@@ -25,7 +26,7 @@ CACHE_MAX_IMAGE_BYTES = 64 * 64 * 3
 CACHE_MAX_TOTAL_BYTES = 4 * 2**30
 
 
-class BadImageError(RuntimeError):
+class BadImageError(NoisytailError, RuntimeError):
     """An image that cannot be decoded; the message names the file and the sample."""
 
 
@@ -73,9 +74,9 @@ def decoded_images(paths: list[Path], channels: int) -> np.ndarray | None:
         if target.is_file():
             return np.load(target, mmap_mode="r")
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            images = list(tqdm(pool.map(lambda p: load_image(p, channels), paths, chunksize=256),
-                               total=len(paths), desc="decoding images once", unit="img",
-                               leave=False))  # fmt: skip
+            decoded = pool.map(lambda p: load_image(p, channels), paths, chunksize=256)
+            images = list(progress(decoded, total=len(paths), desc="decoding images once",
+                                   unit="img", leave=False))  # fmt: skip
     except (BadImageError, OSError):
         return None
     if any(image.shape != first.shape for image in images):
@@ -153,10 +154,9 @@ def find_bad_images(manifest: Manifest, workers: int = 8) -> pd.DataFrame:
     """Decode every image once; return the bad rows (``sample_id, path, split, reason``)."""
     paths = [manifest.resolve(p) for p in manifest.table["path"]]
     with ThreadPoolExecutor(workers) as pool:
-        reasons = list(
-            tqdm(pool.map(_check, paths, chunksize=64), total=len(paths), desc="checking images",
-                 unit="img", leave=False)
-        )  # fmt: skip
+        checked = pool.map(_check, paths, chunksize=64)
+        reasons = list(progress(checked, total=len(paths), desc="checking images", unit="img",
+                                leave=False))  # fmt: skip
     bad = manifest.table.loc[[r is not None for r in reasons], ["sample_id", "path", "split"]]
     return bad.assign(reason=[r for r in reasons if r is not None]).reset_index(drop=True)
 
@@ -180,6 +180,6 @@ def apply_bad_image_policy(
         more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise ManifestError(
             f"{len(bad)} bad image(s), listed in {report_path}; fix them or set "
-            f"data.on_bad_image: skip to drop them:\n  " + "\n  ".join(lines) + more
+            f"data.on_bad_image: skip to drop them\n  " + "\n  ".join(lines) + more
         )
     return manifest.with_table(manifest.table[~manifest.table["sample_id"].isin(bad["sample_id"])])

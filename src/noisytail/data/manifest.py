@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from noisytail.errors import NoisytailError
+
 REQUIRED_COLUMNS = ("sample_id", "path", "label", "split")
 SPLITS = ("train", "val", "test")
 MAX_LISTED = 20  # rows named in one error message; the rest are counted
 
 
-class ManifestError(ValueError):
+class ManifestError(NoisytailError, ValueError):
     """A manifest that cannot be used; the message names the file, rows or column at fault."""
 
 
@@ -46,6 +48,11 @@ class Manifest:
 
     def with_table(self, table: pd.DataFrame) -> Manifest:
         return replace(self, table=table.reset_index(drop=True))
+
+    @property
+    def fully_verified(self) -> bool:
+        """Every sample has a known true label (benchmarks): shot groups can use clean counts."""
+        return "true_label" in self.table and bool((self.table["true_label"] >= 0).all())
 
     def class_counts(self, split: str = "train", column: str = "label") -> pd.Series:
         """Samples per class index (all classes, zeros included)."""
@@ -84,7 +91,8 @@ def validation_problems(
         if column not in table:
             continue
         labels = pd.to_numeric(table[column], errors="coerce")
-        unknown = labels.isna() | (labels < 0) | (labels >= len(classes)) | (labels % 1 != 0)
+        lowest = -1 if column == "true_label" else 0  # true_label -1: not verified
+        unknown = labels.isna() | (labels < lowest) | (labels >= len(classes)) | (labels % 1 != 0)
         if unknown.any():
             problems.append(
                 f"unknown {column} (not a class index 0..{len(classes) - 1}) in "

@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from noisytail.data.dataset import apply_bad_image_policy, find_bad_images
+from noisytail.config import ConfigError, check_choice, check_range
+from noisytail.data.dataset import BAD_IMAGE_POLICIES, apply_bad_image_policy, find_bad_images
 from noisytail.data.manifest import Manifest, validate
 from noisytail.data.sources import (
     FASHION_MNIST_DIR,
+    empty_class_folders,
     hold_out_validation,
     import_fmnist_lt_n,
     import_image_folder,
@@ -29,10 +31,23 @@ class DataConfig:
     source: str = "fmnist_lt_n"  # fmnist_lt_n | image_folder | table
     path: str = ""  # image folder or CSV/parquet table for the user sources
     root: str = ""  # folder that relative paths in a table are resolved against
-    val_per_class: int = 100  # user sources without a val split: hold out this many per class
+    val_fraction: float = 0.1  # user data without a val split: hold out this share per class,
+    val_per_class: int = 100  # at most this many,
+    val_min_class: int = 10  # and nothing from a class with fewer images
     on_bad_image: str = "error"  # error | skip
     check_workers: int = 8
     fashion_mnist_dir: str = str(FASHION_MNIST_DIR)
+
+    def __post_init__(self) -> None:
+        check_choice("data.source", self.source, SOURCES)
+        check_choice("data.on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
+        check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
+        check_range("data.val_per_class", self.val_per_class, 0)
+        if self.source != "fmnist_lt_n" and not self.path:
+            raise ConfigError(
+                f"data.path: the {self.source!r} source needs the path of your "
+                f"{'image folder' if self.source == 'image_folder' else 'table'}"
+            )
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,11 @@ class BenchmarkConfig:
     noise_type: str = "imb"
     eta: float = 0.4
     val_per_class: int = 100
+
+    def __post_init__(self) -> None:
+        check_choice("benchmark.noise_type", self.noise_type, ("imb", "sym"))
+        check_range("benchmark.eta", self.eta, 0.0, 0.99)
+        check_range("benchmark.rho", self.rho, 1.0)
 
 
 def import_source(
@@ -60,7 +80,7 @@ def import_source(
     elif data.source == "table":
         manifest = import_table(data.path, root=data.root or None)
     else:
-        raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
+        raise ConfigError(f"data.source must be one of {SOURCES}, got {data.source!r}")
     return manifest
 
 
@@ -72,10 +92,36 @@ def prepare(
     manifest = import_source(data, benchmark, out_dir / "images", seed)
     bad = find_bad_images(manifest, workers=data.check_workers)
     manifest = apply_bad_image_policy(manifest, bad, data.on_bad_image, out_dir / "bad_images.csv")
+    held = None
     if not (manifest.table["split"] == "val").any():  # after the check: only good images held out
-        manifest = hold_out_validation(manifest, data.val_per_class, seed)
+        manifest, held = hold_out_validation(manifest, data.val_fraction, data.val_per_class,
+                                             data.val_min_class, seed)  # fmt: skip
+        print_held_out(held, data)
+        if not sum(held.values()):
+            raise ConfigError(
+                f"data.val_min_class: no class has {data.val_min_class} images, so nothing was "
+                f"held out for validation; lower data.val_min_class (or raise data.val_fraction), "
+                f"or give the table a `split` column with some `val` rows"
+            )
     validate(manifest.table, manifest.classes, data.path or data.source, ("train", "val"))
-    return manifest, summarise(manifest, skipped=len(bad))
+    summary = summarise(manifest, skipped=len(bad))
+    if held is not None:
+        summary["val_held_out_per_class"] = held
+    if data.source == "image_folder":
+        summary["empty_class_folders_skipped"] = empty_class_folders(data.path)
+    return manifest, summary
+
+
+def print_held_out(held: dict[str, int], data: DataConfig) -> None:
+    """Say per class what went to validation, and what such a split measures."""
+    print(f"validation: held out {sum(held.values())} training images "
+          f"({data.val_fraction:.0%} of each class, at most {data.val_per_class}, none from a "
+          f"class of fewer than {data.val_min_class}):")  # fmt: skip
+    for name, n in held.items():
+        print(f"  {name}: {n}")
+    print("  note: this split is cut from the given (noisy) labels, so validation error measures "
+          "agreement with those labels, not accuracy; give a clean `split: val` in the table for "
+          "an honest one")  # fmt: skip
 
 
 def summarise(manifest: Manifest, skipped: int = 0) -> dict[str, Any]:
@@ -91,8 +137,12 @@ def summarise(manifest: Manifest, skipped: int = 0) -> dict[str, Any]:
             name: int(n) for name, n in zip(manifest.classes, manifest.class_counts("train"))
         },
     }
-    if "true_label" in train:
-        clean = manifest.class_counts("train", "true_label")
+    if "true_label" in train:  # over the verified samples (a user's table may verify a subset)
+        verified = train["true_label"].to_numpy() >= 0
+        summary["verified_train_samples"] = int(verified.sum())
+        train = train[verified]
+        clean = train["true_label"].value_counts().reindex(range(manifest.num_classes),
+                                                           fill_value=0)  # fmt: skip
         noisy = train["label"].to_numpy() != train["true_label"].to_numpy()
         summary["clean_per_class"] = {n: int(c) for n, c in zip(manifest.classes, clean)}
         summary["noisy_per_class"] = {

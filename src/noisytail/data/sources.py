@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from noisytail.data.benchmark import make_long_tail_noisy
 from noisytail.data.manifest import Manifest, ManifestError, validate
+from noisytail.progress import progress
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = (
@@ -65,7 +65,7 @@ def require_fashion_mnist(directory: str | os.PathLike = FASHION_MNIST_DIR) -> P
 def _write_pngs(images: np.ndarray, indices: np.ndarray, folder: Path, desc: str) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     names = []
-    for index in tqdm(indices, desc=desc, unit="img", leave=False):
+    for index in progress(indices, desc=desc, unit="img", leave=False):
         name = f"{int(index):05d}.png"
         target = folder / name
         if not target.exists():  # resumable: a re-run only writes what is missing
@@ -125,24 +125,41 @@ def import_fmnist_lt_n(
     return Manifest(table, FASHION_MNIST_CLASSES, out_dir.resolve())
 
 
+def _listed(folder: Path) -> list[Path]:
+    """The non-hidden files below ``folder`` (``.DS_Store`` and other dot-files left out)."""
+    return [f for f in sorted(folder.rglob("*")) if f.is_file() and not f.name.startswith(".")]
+
+
+def empty_class_folders(root: str | os.PathLike) -> list[str]:
+    """Class sub-folders of an image folder that hold no file: skipped, with a warning."""
+    return sorted(p.name for p in Path(root).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and not _listed(p))  # fmt: skip
+
+
 def import_image_folder(root: str | os.PathLike, split: str = "train") -> Manifest:
     """``root/<class_name>/<image>``: one class per sub-folder, classes sorted by name.
 
     Every non-hidden file is listed, images or not: a stray non-image file is reported by the
-    image check (``dataset.find_bad_images``), not silently ignored.
+    image check (``dataset.find_bad_images``), not silently ignored. A class folder with no file
+    is skipped with a warning that names it.
     """
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"image folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    empty = empty_class_folders(root)
+    for name in empty:
+        print(f"warning: class folder {root / name} is empty: skipped (no class {name!r})")
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    classes = sorted(p.name for p in folders if p.name not in empty)
     if not classes:
-        raise ManifestError(f"image folder {root} has no class sub-folders (root/<class>/<image>)")
+        raise ManifestError(
+            f"image folder {root} has no class sub-folders with images (root/<class>/<image>)"
+        )
     paths, labels = [], []
     for label, name in enumerate(classes):
-        for file in sorted((root / name).rglob("*")):
-            if file.is_file() and not file.name.startswith("."):
-                paths.append(file.relative_to(root).as_posix())
-                labels.append(label)
+        for file in _listed(root / name):
+            paths.append(file.relative_to(root).as_posix())
+            labels.append(label)
     table = pd.DataFrame(
         {"sample_id": paths, "path": paths, "label": np.asarray(labels, np.int64), "split": split}
     )
@@ -155,10 +172,14 @@ def import_table(
     root: str | os.PathLike | None = None,
     classes: Sequence[str] | None = None,
 ) -> Manifest:
-    """A CSV or parquet table with ``path,label`` (and optional ``split``, ``sample_id``).
+    """A CSV or parquet table with ``path,label`` (and optional ``split``, ``sample_id``,
+    ``true_label``).
 
-    Labels are class names (or integers); relative paths are resolved against ``root``
-    (default: the table's folder). Without ``classes``, the sorted distinct labels are the classes.
+    Labels are class names or integers; relative paths are resolved against ``root`` (default:
+    the table's folder). Without ``classes``, the sorted distinct labels are the classes, in
+    numeric order when they are all integers (so class index ``i`` is the user's label ``i``).
+    ``true_label`` (a verified subset; empty where unknown) is kept for reports only: nothing that
+    trains or cleans reads it.
     """
     path = Path(path)
     try:
@@ -172,7 +193,11 @@ def import_table(
     if missing:
         raise ManifestError(f"{path}: missing column(s) {missing}; found {list(raw.columns)}")
     names = raw["label"].astype(str)
-    classes = tuple(classes) if classes is not None else tuple(sorted(names.unique()))
+    if classes is None:
+        distinct = names.unique()
+        numeric = all(n.lstrip("-").isdigit() for n in distinct)
+        classes = sorted(distinct, key=int) if numeric else sorted(distinct)
+    classes = tuple(classes)
     index = {name: i for i, name in enumerate(classes)}
     unknown = ~names.isin(index)
     if unknown.any():
@@ -187,19 +212,37 @@ def import_table(
         "label": names.map(index).astype(np.int64),
         "split": raw["split"].astype(str) if "split" in raw else "train",
     })  # fmt: skip
+    if "true_label" in raw:
+        truth = raw["true_label"].astype("string").str.removesuffix(".0")  # ints read as floats
+        known = truth.notna() & (truth != "")
+        wrong = known & ~truth.isin(index)
+        if wrong.any():
+            rows = (raw.index[wrong] + 2).tolist()[:20]
+            raise ManifestError(f"{path}: unknown class in true_label, file lines {rows}: "
+                                f"{sorted(truth[wrong].unique())[:20]}")  # fmt: skip
+        # -1 where unknown: reports compare only the verified rows
+        table["true_label"] = truth.map(index).fillna(-1).astype(np.int64)
     validate(table, classes, path)
     return Manifest(table, classes, Path(root).resolve() if root else path.parent.resolve())
 
 
-def hold_out_validation(manifest: Manifest, per_class: int, seed: int = 0) -> Manifest:
-    """Move up to ``per_class`` random training samples of each class to the ``val`` split.
-
-    A class always keeps at least one training sample.
-    """
+def hold_out_validation(
+    manifest: Manifest,
+    fraction: float = 0.1,
+    per_class: int = 100,
+    min_class: int = 10,
+    seed: int = 0,
+) -> tuple[Manifest, dict[str, int]]:
+    """Move ``floor(fraction * n)`` random training samples of each class (at most ``per_class``)
+    to the ``val`` split, and none from a class with fewer than ``min_class`` images: on a
+    long-tailed set a fixed number per class would strip the tail classes bare. Returns the
+    manifest and how many were held out per class (by name)."""
     table = manifest.table.copy()
     rng = np.random.default_rng(seed)
-    for _, rows in table[table["split"] == "train"].groupby("label"):
-        take = min(per_class, len(rows) - 1)
+    held = dict.fromkeys(manifest.classes, 0)
+    for label, rows in table[table["split"] == "train"].groupby("label"):
+        take = 0 if len(rows) < min_class else min(per_class, int(fraction * len(rows)))
         if take > 0:
             table.loc[rng.choice(rows.index.to_numpy(), take, replace=False), "split"] = "val"
-    return manifest.with_table(table)
+        held[manifest.classes[label]] = take
+    return manifest.with_table(table), held

@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from noisytail.config import ConfigError, check_choice, check_range
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
@@ -44,22 +46,17 @@ class AugmentConfig:
     coarse_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.crop not in CROPS:
-            raise ValueError(f"augment.crop must be one of {CROPS}, got {self.crop!r}")
-        if not 0 <= self.margin <= 1:
-            raise ValueError(f"augment.margin must be in [0, 1], got {self.margin}")
-        for name in ("hue_saturation", "brightness_contrast", "gaussian_blur", "horizontal_flip",
-                     "vertical_flip", "coarse_dropout"):  # fmt: skip
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"augment.{name} is a probability in [0, 1], got "
-                                 f"{getattr(self, name)}")  # fmt: skip
+        check_choice("augment.crop", self.crop, CROPS)
+        for f in fields(self):
+            if f.name != "crop":  # the margin and the probabilities
+                check_range(f"augment.{f.name}", getattr(self, f.name), 0.0, 1.0)
 
     @classmethod
     def from_params(cls, params: Mapping | None) -> AugmentConfig:
         params = dict(params or {})
         unknown = set(params) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown augment parameter(s) {sorted(unknown)}; known: "
                 f"{sorted(f.name for f in fields(cls))}"
             )

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
+from noisytail.errors import NoisytailError  # noqa: E402
 from noisytail.models.heads import build_head  # noqa: E402
 
 # The seed's three backbones, and CPU-sized siblings that train the default benchmark.
@@ -33,7 +34,7 @@ PRESETS: dict[str, dict] = {
 VIT_PREFIXES = ("vit_", "deit", "test_vit", "eva", "beit")
 
 
-class PretrainedWeightsError(FileNotFoundError):
+class PretrainedWeightsError(NoisytailError, FileNotFoundError):
     """Pretrained weights that are missing or do not fit the backbone."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -22,12 +23,13 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from noisytail.config import check_choice, check_range
 from noisytail.data.dataset import ImageDataset
-from noisytail.data.samplers import build_sampler
+from noisytail.data.samplers import SAMPLERS, build_sampler
 from noisytail.metrics import classification_report
 from noisytail.models.network import NoisyTailNet, save_network
+from noisytail.progress import progress
 from noisytail.tracking import RunTracker
 
 SELECTIONS = ("last", "best_val")
@@ -59,11 +61,20 @@ class TrainConfig:
     keep_checkpoints: int = 1
     snapshot_epochs: tuple[int, ...] = ()  # also keep model_epoch_<e>.safetensors (early weights)
     select: str = "last"  # last: the final epoch's weights | best_val: the lowest val MCE epoch's
+    deterministic: bool = False  # GPUs: deterministic kernels (same seed, same weights; slower)
     cpu: bool = False  # force the CPU even where a GPU is present
 
     def __post_init__(self) -> None:
-        if self.select not in SELECTIONS:
-            raise ValueError(f"train.select must be one of {SELECTIONS}, got {self.select!r}")
+        check_choice("train.select", self.select, SELECTIONS)
+        check_choice("train.sampler", self.sampler, SAMPLERS)
+        check_choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
+        check_choice("train.schedule", self.schedule, ("step", "cosine"))
+        check_choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        for name in ("epochs", "batch_size", "image_size"):
+            check_range(f"train.{name}", getattr(self, name), 1)
+        for name in ("base_lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup",
+                     "cutmix", "grad_clip"):  # fmt: skip
+            check_range(f"train.{name}", getattr(self, name), 0)
 
 
 def learning_rate(step: int, steps_per_epoch: int, peak: float, config: TrainConfig) -> float:
@@ -145,7 +156,8 @@ def fit(
     best_file = out_dir / "model_best.safetensors"  # kept whenever there is a val split
     selecting = config.select == "best_val" and val_set is not None
     if accelerator.is_main_process:
-        claim_run_dir(out_dir, fingerprint or json.dumps(asdict(config), sort_keys=True))
+        inputs = fingerprint or json.dumps(asdict(config), sort_keys=True)
+        claim_run_dir(out_dir, run_identity(inputs, accelerator.num_processes))
     accelerator.wait_for_everyone()
     if done_file.exists():  # a finished run is not repeated
         return json.loads(done_file.read_text())
@@ -205,9 +217,9 @@ def fit(
         for module in frozen:
             module.eval()
         loss_sum, seen, started = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
-        bar = tqdm(
+        bar = progress(
             train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-            disable=not accelerator.is_local_main_process,
+            enabled=accelerator.is_local_main_process,
         )  # fmt: skip
         for step_in_epoch, (images, labels, _) in enumerate(bar):
             lr = learning_rate(epoch * steps_per_epoch + step_in_epoch, steps_per_epoch, peak_lr,
@@ -280,23 +292,39 @@ def copy_network(source: Path, target: Path) -> None:
         partial.replace(target.with_suffix(suffix))
 
 
-def claim_run_dir(out_dir: Path, fingerprint: str) -> None:
-    """Keep ``out_dir``'s checkpoints only if they were made by a run with this fingerprint."""
+def run_identity(inputs: str, processes: int) -> dict[str, str | int]:
+    """What a checkpoint may be resumed under: the same inputs, the same number of processes (it
+    sets the global batch, the learning rate and the data sharding) and the same libraries."""
+    import albumentations
+    import timm
+
+    return {"inputs": inputs, "processes": processes, "torch": torch.__version__,
+            "timm": timm.__version__, "albumentations": albumentations.__version__}  # fmt: skip
+
+
+def claim_run_dir(out_dir: Path, identity: dict) -> None:
+    """Keep ``out_dir``'s checkpoints only if a run of this ``identity`` made them; otherwise
+    start afresh and say what changed."""
     stamp = out_dir / "fingerprint"
-    if stamp.exists() and stamp.read_text() != fingerprint:
-        print(f"{out_dir}: inputs changed since the last run; starting afresh")
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-        for name in (
-            "done.json",
-            "model.safetensors",
-            "model.json",
-            "mlflow_run_id",
-            "model_best.safetensors",
-            "model_best.json",
-        ):
-            (out_dir / name).unlink(missing_ok=True)
+    if stamp.exists():
+        try:
+            before = json.loads(stamp.read_text())
+        except json.JSONDecodeError:  # the plain-text stamp of older versions
+            before = {"inputs": stamp.read_text()}
+        changed = [k for k in identity if before.get(k) != identity[k]]
+        if changed:
+            why = ", ".join(
+                "inputs (data, configs or code)" if k == "inputs"
+                else f"{k} {before.get(k)} -> {identity[k]}" for k in changed
+            )  # fmt: skip
+            print(f"{out_dir}: {why} changed since the last run; starting afresh")
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+            stale = ["done.json", "model.safetensors", "model.json", "mlflow_run_id",
+                     "model_best.safetensors", "model_best.json"]  # fmt: skip
+            for path in [*(out_dir / n for n in stale), *out_dir.glob("model_epoch_*")]:
+                path.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
+    stamp.write_text(json.dumps(identity, sort_keys=True))
 
 
 def save_checkpoint(
@@ -319,8 +347,15 @@ def save_checkpoint(
     return final
 
 
-def seed_everything(seed: int) -> None:
-    """Python, numpy and torch RNGs (model initialisation, dropout, mixup)."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Python, numpy and torch RNGs (model initialisation, dropout, mixup); with
+    ``deterministic``, also the kernels: on a GPU, cuDNN's autotuner and atomics-based kernels
+    make two runs of one seed differ. The deterministic ones cost speed (often 10-30% on
+    convolutions) and an op without one raises an error naming it. CPU runs are deterministic
+    already."""
     from accelerate.utils import set_seed
 
-    set_seed(seed)
+    set_seed(seed, deterministic=deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it set
+        torch.backends.cudnn.benchmark = False

@@ -94,7 +94,7 @@ def run_recipe(
     """Build the recipe's model and data, then train (resuming if ``out_dir`` has checkpoints)."""
     if recipe.name == "crt":
         train_config = replace(train_config, sampler="class_balanced")
-    seed_everything(seed)
+    seed_everything(seed, train_config.deterministic)
     model, frozen = build_recipe_model(recipe, model_config, manifest.num_classes)
     channels, size = model_config.in_chans, train_config.image_size
     rows = training_rows(recipe, manifest)
