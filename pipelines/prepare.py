@@ -24,8 +24,13 @@ def main() -> None:
     data = from_mapping(DataConfig, params.get("data"), "data")
     benchmark = from_mapping(BenchmarkConfig, params.get("benchmark"), "benchmark")
     out = Path(args.out)
-    # DVC output even for user data, whose images stay where they are (only FMNIST writes here)
+    # DVC output even for user data, whose images stay where they are (only FMNIST writes here):
+    # a note keeps it from being an empty folder, which DVC warns about on every run.
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if params["data"].get("source", "fmnist_lt_n") != "fmnist_lt_n":
+        (out / "images" / "README.txt").write_text(
+            "Your images stay where they are; manifest.parquet points at them.\n"
+        )
     manifest, summary = prepare(data, benchmark, out, seed=params.get("seed", 0))
 
     write_manifest(manifest, out / "manifest.parquet")

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from noisytail.errors import NoisytailError
 from noisytail.neighbours import nearest_neighbours, neighbour_smoothed
 
 
@@ -72,3 +73,47 @@ def test_weight_zero_is_the_softmax_and_bad_input_is_named():
         neighbour_smoothed(plain, k=3, weight=1.5)
     with pytest.raises(ValueError, match="'embedding' column"):
         neighbour_smoothed(plain.drop(columns="embedding"), k=3, weight=0.5)
+
+
+def clusters(per_cluster=60, centres=8, dim=16, seed=0):
+    """Tight clusters far apart: every sample's nearest neighbours are its own cluster."""
+    rng = np.random.default_rng(seed)
+    centre = rng.normal(size=(centres, dim)) * 10
+    points = np.repeat(centre, per_cluster, axis=0) + rng.normal(size=(centres * per_cluster, dim))
+    return points.astype(np.float32), np.repeat(np.arange(centres), per_cluster)
+
+
+def test_faiss_and_exact_agree_where_the_gaps_are_clear():
+    points, cluster = clusters()
+    exact = nearest_neighbours(points, 20, search="exact")
+    approximate = nearest_neighbours(points, 20, search="faiss", nprobe=8)
+    assert approximate.shape == exact.shape == (len(points), 20)
+    assert (cluster[approximate] == cluster[:, None]).all()  # all within the sample's cluster
+    assert not (approximate == np.arange(len(points))[:, None]).any()  # never itself
+    overlap = [len(set(a) & set(e)) / 20 for a, e in zip(approximate, exact)]
+    assert np.mean(overlap) > 0.9  # 8-bit quantisation may swap near-ties inside a cluster
+
+
+def test_auto_takes_faiss_from_the_threshold_up(monkeypatch):
+    import noisytail.neighbours as module
+
+    calls = []
+    monkeypatch.setattr(module, "faiss_neighbours", lambda x, k, **_: calls.append("faiss"))
+    monkeypatch.setattr(module, "exact_neighbours", lambda x, k, **_: calls.append("exact"))
+    points, _ = clusters(per_cluster=10)
+    for threshold in (81, 80, 79):
+        module.nearest_neighbours(points, 5, search="auto", threshold=threshold)
+    module.nearest_neighbours(points, 5, search="faiss", threshold=10**9)
+    assert calls == ["exact", "faiss", "faiss", "faiss"]
+    with pytest.raises(ValueError, match="cleaning.neighbour_index must be one of"):
+        module.nearest_neighbours(points, 5, search="annoy")
+
+
+def test_missing_faiss_is_named_when_asked_for(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    points, _ = clusters(per_cluster=10)
+    with pytest.raises(NoisytailError, match="faiss needs the faiss-cpu package"):
+        nearest_neighbours(points, 5, search="faiss")
+    assert nearest_neighbours(points, 5, search="exact").shape == (80, 5)  # exact still works

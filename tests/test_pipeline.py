@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -78,9 +79,12 @@ def run(args, cwd, env):
 
 @pytest.fixture
 def project(tmp_path):
+    return make_project(tmp_path / "project")
+
+
+def make_project(root):
     """A git + DVC repo with the project's dvc.yaml, stages and library, and a noisy toy table."""
-    root = tmp_path / "project"
-    root.mkdir()
+    root.mkdir(parents=True)
     shutil.copy(REPO / "dvc.yaml", root)
     shutil.copytree(REPO / "pipelines", root / "pipelines")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -151,3 +155,66 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
     # Only the cleaning stages read the threshold; dvc repro then re-runs each stage downstream
     # of a changed output (round 2's training), never round 1's training or prediction.
     assert set(json.loads(status)) == {"clean@0", "clean@1"}
+
+
+OUTPUTS = [
+    *(f"data/clean/round_{r}/{name}" for r in (1, 2)
+      for name in ("manifest.parquet", "decisions.parquet", "report.json")),
+    *(f"models/round_{r}/model.safetensors" for r in (1, 2)),
+    *(f"metrics/round_{r}.json" for r in (1, 2)),
+    "data/prepared/manifest.parquet",
+]  # fmt: skip
+
+
+def digests(root):
+    import hashlib
+
+    return {path: hashlib.sha256((root / path).read_bytes()).hexdigest() for path in OUTPUTS}
+
+
+def kill_when(process, ready, timeout=300):
+    """SIGKILL ``process`` and everything it started as soon as ``ready()`` holds."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not ready():
+        assert process.poll() is None, "the run ended before the kill"
+        assert time.time() < deadline, "timed out waiting to kill"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def stage_running(name):
+    """Is a process of pipelines/<name>.py running?"""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if f"pipelines/{name}.py".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.slow
+def test_killed_twice_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    """Determinism (two runs from scratch) and kill-and-rerun in one: run A goes straight
+    through; run B is killed during round 1's training and again during a clean stage, then
+    run to the end. Their manifests, models and metrics are equal byte for byte."""
+    dvc = [sys.executable, "-m", "dvc", "repro"]
+    straight, env = make_project(tmp_path / "a")
+    run(dvc, straight, env)
+
+    killed, env = make_project(tmp_path / "b")
+    checkpoint = killed / "models/round_1/checkpoints/epoch_0000"
+    first = subprocess.Popen(dvc, cwd=killed, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    kill_when(first, checkpoint.exists)
+    assert not (killed / "models/round_1/model.safetensors").exists()
+    second = subprocess.Popen(dvc, cwd=killed, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    kill_when(second, lambda: stage_running("clean"))
+    run(dvc, killed, env)
+
+    assert digests(killed) == digests(straight)

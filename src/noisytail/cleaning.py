@@ -28,7 +28,7 @@ import pandas as pd
 
 from noisytail.config import ConfigError, check_choice, check_range, from_mapping
 from noisytail.data.manifest import Manifest
-from noisytail.neighbours import neighbour_smoothed
+from noisytail.neighbours import SEARCHES, neighbour_smoothed
 
 RULES = ("top1", "label_prob", "lowest_fraction")
 PREDICTION_SOURCES = ("in_sample", "early", "out_of_fold")
@@ -52,6 +52,9 @@ class CleaningConfig:
     judge: str = "all"  # all: every original training sample, each round | kept: the round's
     neighbours: int = 30  # mix the labels of this many nearest neighbours into the evidence
     neighbour_weight: float = 0.5  # their share of the mixed probabilities (0: softmax only)
+    neighbour_index: str = "auto"  # exact | faiss (IVF, approximate) | auto: faiss from
+    neighbour_index_threshold: int = 200_000  # this many samples (per fold model) up
+    nprobe: int = 32  # faiss: inverted lists searched per query (recall against speed)
 
     def __post_init__(self) -> None:
         check_choice("cleaning.rule", self.rule, RULES)
@@ -62,6 +65,8 @@ class CleaningConfig:
         for name in ("prior_correction", "min_per_class", "neighbours", "relabel_threshold"):
             check_range(f"cleaning.{name}", getattr(self, name), 0)
         check_range("cleaning.folds", self.folds, 2)
+        check_choice("cleaning.neighbour_index", self.neighbour_index, SEARCHES)
+        check_range("cleaning.nprobe", self.nprobe, 1)
 
 
 def round_config(section: Mapping | None, round_number: int | str = "") -> CleaningConfig:
@@ -150,7 +155,10 @@ def judge_predictions(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One round's verdict: the evidence (the predictions mixed with the labels of each sample's
     neighbours) and the decisions taken on it."""
-    evidence = neighbour_smoothed(predictions, config.neighbours, config.neighbour_weight)
+    evidence = neighbour_smoothed(
+        predictions, config.neighbours, config.neighbour_weight, search=config.neighbour_index,
+        threshold=config.neighbour_index_threshold, nprobe=config.nprobe,
+    )  # fmt: skip
     return evidence, decide(scores(evidence, num_classes, config.prior_correction), config)
 
 
