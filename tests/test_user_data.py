@@ -204,3 +204,16 @@ def test_deterministic_sets_the_torch_flags():
         assert not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_logging_the_training_table_prints_no_mlflow_hints(toy_manifest, tmp_path, recwarn):
+    from noisytail.data.manifest import manifest_digest
+    from noisytail.tracking import RunTracker
+
+    tracker = RunTracker("hints", "x", uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rows = toy_manifest.split("train")
+    tracker.log_dataset(rows, str(tmp_path / "manifest.parquet"), "toy/train",
+                        manifest_digest(rows), "1")  # fmt: skip
+    tracker.end()
+    shown = [w for w in recwarn if issubclass(w.category, UserWarning) and "mlflow" in w.filename]
+    assert [str(w.message)[:60] for w in shown] == []  # what a user would see

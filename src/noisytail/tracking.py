@@ -7,6 +7,7 @@ does not answer fails the run at start, not after an hour of training.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import urllib.error
@@ -72,6 +73,7 @@ class RunTracker:
         import mlflow  # heavy: imported only where a run is logged
 
         self.mlflow = mlflow
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation chatter
         self.uri = tracking_uri(uri)
         check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
@@ -101,13 +103,16 @@ class RunTracker:
     def log_dataset(self, table, source: str, name: str, digest: str, round_: str = "") -> None:
         """The training manifest as an MLflow dataset input (digest and DVC round as tags)."""
         if self.enabled and not self.mlflow.get_run(self.run_id).inputs.dataset_inputs:
-            with warnings.catch_warnings():  # its schema hint on integer columns is for models
-                warnings.simplefilter("ignore", UserWarning)
+            # MLflow infers the table's schema (when logging it, not when building it) and hints
+            # about integer columns: advice for model signatures, nothing a user can act on here
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+                warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
                 dataset = self.mlflow.data.from_pandas(
                     table, source=source, name=name, digest=digest
                 )
-            tags = {"dvc_round": round_} if round_ else None
-            self.mlflow.log_input(dataset, context="training", tags=tags)
+                tags = {"dvc_round": round_} if round_ else None
+                self.mlflow.log_input(dataset, context="training", tags=tags)
 
     def log_artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
         if self.enabled and Path(path).exists():
