@@ -18,7 +18,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from baseline import benchmark_data, noisytail_recipe
-from common import print_table, write_result
+from common import RESULTS, print_table, write_result
 
 from noisytail.config import load_params
 from noisytail.data.transforms import AugmentConfig
@@ -42,6 +42,10 @@ VARIANTS: dict[str, dict] = {
         "augment": {"hue_saturation": 0.3},
     },
     "12 epochs": {"train": {"epochs": 12}},
+    "+ label smoothing 0.1": {"train": {"label_smoothing": 0.1}},
+    "+ mixup 0.2": {"train": {"mixup": 0.2}},
+    # the two best single changes on val, together
+    "geometry zoom + no horizontal flip": {"augment": {"crop": "zoom", "horizontal_flip": 0.0}},
 }
 
 
@@ -90,13 +94,21 @@ def main() -> None:
                 }
             )
         if overrides.get("augment", {}).get("crop") == "zoom":
-            rows.append({"variant": "geometry zoom, test resized (train/test scale mismatch)",
+            rows.append({"variant": f"{name}, test resized (train/test scale mismatch)",
                          **evaluate(out / "model.safetensors", manifest, size,
                                     AugmentConfig())})  # fmt: skip
         print_table(rows[-1:])
     print()
     print_table(rows)
-    write_result("recipe_ablation", rows, benchmark_seed=args.seed, epochs=args.epochs,
+    earlier_commands = []
+    if args.only is not None and (RESULTS / "recipe_ablation.json").is_file():
+        # a partial run adds its rows to the last full one (same data, same default)
+        earlier = json.loads((RESULTS / "recipe_ablation.json").read_text())
+        names = {row["variant"] for row in rows}
+        rows = [row for row in earlier["rows"] if row["variant"] not in names] + rows
+        earlier_commands = [*earlier.get("earlier_commands", []), earlier["command"]]
+    write_result("recipe_ablation", rows, earlier_commands=earlier_commands,
+                 benchmark_seed=args.seed, epochs=args.epochs,
                  default={k: base[k] for k in ("model", "train", "augment")})  # fmt: skip
 
 
