@@ -55,6 +55,9 @@ QUICK = {
         "judge": "all",
         "neighbours": 5,
         "neighbour_weight": 0.5,
+        "neighbour_index": "exact",
+        "neighbour_index_threshold": 200000,
+        "nprobe": 32,
         "rule": "label_prob",
         "threshold": 0.5,
         "fraction": 0.5,
@@ -141,6 +144,16 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
 
     second = run([*dvc, "repro"], root, env)
     assert "Data and pipelines are up to date" in second.stdout
+
+    # Each round's clean run in MLflow holds its gallery.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("pipeline-test")
+    (clean_run,) = client.search_runs([experiment.experiment_id],
+                                      "attributes.run_name = 'round_2/clean'")  # fmt: skip
+    logged = {a.path for a in client.list_artifacts(clean_run.info.run_id, "gallery")}
+    assert "gallery/overview.png" in logged and len(logged) == 3
 
     # dvc plots show renders the galleries (images) beside the other plots.
     run([*dvc, "plots", "show", "-o", "plots"], root, env)
