@@ -68,9 +68,10 @@ def cleanlab_detection(predictions: pd.DataFrame, true_label: np.ndarray, num_cl
             "f1": 2 * precision * recall / max(precision + recall, 1e-12)}  # fmt: skip
 
 
-def test_report(model_file: Path, manifest: Manifest, size: int) -> dict:
+def test_report(model_file: Path, manifest: Manifest, size: int, augment: AugmentConfig) -> dict:
+    """Test metrics at the training geometry (the same object scale as in training)."""
     model, _ = load_network(model_file)
-    return evaluate_split(model, manifest, "test", size, Accelerator(cpu=True))
+    return evaluate_split(model, manifest, "test", size, Accelerator(cpu=True), augment=augment)
 
 
 def main() -> None:
@@ -107,7 +108,7 @@ def main() -> None:
     def train(manifest: Manifest, name: str) -> dict:
         run_recipe(RecipeConfig(), model_config, train_config, augment, manifest, work / name,
                    seed=seed, accelerator=accelerator)  # fmt: skip
-        return test_report(work / name / "model.safetensors", original, size)
+        return test_report(work / name / "model.safetensors", original, size, augment)
 
     original = read_manifest(args.manifest)
     oracle_table = original.table.assign(label=original.table["true_label"])

@@ -45,7 +45,8 @@ def main() -> None:
     run_recipe(RecipeConfig(), model_config, train_config, augment, manifest, work / "round_1",
                seed=seed, accelerator=accelerator)  # fmt: skip
 
-    dataset = ImageDataset(train, manifest.image_root, eval_transform(train_config.image_size))
+    transform = eval_transform(train_config.image_size, model_config.in_chans, augment)
+    dataset = ImageDataset(train, manifest.image_root, transform, channels=model_config.in_chans)
     sources = {}
     for snapshot in sorted((work / "round_1").glob("model_epoch_*.safetensors")):
         model, _ = load_network(snapshot)

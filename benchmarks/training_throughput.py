@@ -64,8 +64,10 @@ def main() -> None:
     config = from_mapping(TrainConfig, params["train"], "train")
     config = TrainConfig(**{**config.__dict__, "epochs": 1, "warmup_epochs": 0})
     augment = AugmentConfig.from_params(params.get("augment"))
-    dataset = ImageDataset.from_manifest(manifest, "train", train_transform(config.image_size,
-                                                                            augment))  # fmt: skip
+    channels = model_config.in_chans
+    dataset = ImageDataset.from_manifest(
+        manifest, "train", train_transform(config.image_size, augment, channels), channels=channels
+    )
 
     rows, bare, engine = [], [], []
     for repeat in range(args.repeats):  # alternate, so drift on a noisy machine hits both
@@ -81,7 +83,9 @@ def main() -> None:
     ratio = statistics.median(engine) / statistics.median(bare)
 
     # Seconds per epoch of the default benchmark model, validation included.
-    val = ImageDataset.from_manifest(manifest, "val", eval_transform(config.image_size))
+    val = ImageDataset.from_manifest(
+        manifest, "val", eval_transform(config.image_size, channels, augment), channels=channels
+    )
     with tempfile.TemporaryDirectory() as out:
         seed_everything(0)
         model = build_network(model_config, manifest.num_classes)
