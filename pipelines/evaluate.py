@@ -11,7 +11,7 @@ from noisytail.data.transforms import AugmentConfig
 from noisytail.errors import report_expected_errors
 from noisytail.models.network import load_network
 from noisytail.params import load_checked_params
-from noisytail.prediction import evaluate_split
+from noisytail.prediction import check_classes, evaluate_split, model_view
 from noisytail.training.engine import TrainConfig, make_accelerator
 
 
@@ -31,11 +31,14 @@ def main() -> None:
     if not (manifest.table["split"] == split).any():
         print(f"{args.manifest} has no {split!r} split: evaluating on 'val'")
         split = "val"
-    model, _ = load_network(args.model)
+    model, classes = load_network(args.model)
+    check_classes(classes, manifest, args.model)
+    # the size and crop the model was trained at (a hi-res model is scored at its own size)
+    size, view = model_view(model, train.get("image_size", 32),
+                            AugmentConfig.from_params(params.get("augment")))  # fmt: skip
     accelerator = make_accelerator(TrainConfig(mixed_precision=train.get("mixed_precision", "no")))
-    report = evaluate_split(model, manifest, split, train.get("image_size", 32), accelerator,
-                            workers=train.get("workers", 2),
-                            augment=AugmentConfig.from_params(params.get("augment")))  # fmt: skip
+    report = evaluate_split(model, manifest, split, size, accelerator,
+                            workers=train.get("workers", 2), augment=view)  # fmt: skip
     if accelerator.is_main_process:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         metrics = {"split": split, **{k: round(v, 3) for k, v in report.items()}}

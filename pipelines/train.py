@@ -9,18 +9,22 @@ that section on it. Re-running the same command resumes from the last epoch chec
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
 from noisytail.config import from_mapping
-from noisytail.data.manifest import manifest_digest, read_manifest
+from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import AugmentConfig
 from noisytail.errors import report_expected_errors
 from noisytail.models.network import ModelConfig
 from noisytail.params import load_checked_params
 from noisytail.tracking import RunTracker
 from noisytail.training.engine import TrainConfig, make_accelerator
-from noisytail.training.recipes import RecipeConfig, run_recipe
+from noisytail.training.recipes import (
+    RecipeConfig,
+    claim_recipe_dir,
+    recipe_fingerprint,
+    run_tracked_recipe,
+)
 
 
 def main() -> None:
@@ -49,32 +53,20 @@ def main() -> None:
     manifest = read_manifest(args.manifest, required_splits=("train", "val"))
 
     accelerator = make_accelerator(train_config)
+    seed = params.get("seed", 0)
+    fingerprint = recipe_fingerprint(recipe, model_config, train_config, augment, manifest, seed)
+    claim_recipe_dir(args.out, fingerprint, accelerator)  # before the tracker reads its run id
     tracker = RunTracker(
         tracking.get("experiment", "noisytail"), args.run_name or Path(args.out).name,
         uri=tracking.get("uri", ""), enabled=accelerator.is_main_process,
         tags={"recipe": args.recipe, "dvc_round": args.round},
         resume_file=Path(args.out) / "mlflow_run_id",
     )  # fmt: skip
-    tracker.log_params({"recipe": asdict(recipe), "model": asdict(model_config),
-                        "train": asdict(train_config), "augment": asdict(augment),
-                        "seed": params.get("seed", 0), "manifest": args.manifest,
-                        "num_processes": accelerator.num_processes})  # fmt: skip
-    train_rows = manifest.split("train")
-    tracker.log_dataset(
-        train_rows, args.manifest, f"{Path(args.manifest).parent.name}/train",
-        manifest_digest(train_rows), args.round,
+    run_tracked_recipe(
+        recipe, model_config, train_config, augment, manifest, args.out, seed=seed,
+        tracker=tracker, accelerator=accelerator, fingerprint=fingerprint,
+        dataset=(args.manifest, f"{Path(args.manifest).parent.name}/train", args.round),
     )  # fmt: skip
-    try:
-        result = run_recipe(
-            recipe, model_config, train_config, augment, manifest, args.out,
-            seed=params.get("seed", 0), tracker=tracker, accelerator=accelerator,
-        )  # fmt: skip
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.log_metrics({f"final_{k}": v for k, v in result["final"].items() if k != "epoch"})
-    tracker.log_artifact(Path(args.out) / "model.safetensors", "model")
-    tracker.log_artifact(Path(args.out) / "model.json", "model")
     tracker.end()
 
 

@@ -18,58 +18,7 @@ from noisytail.data.manifest import read_manifest
 from noisytail.models.network import load_network
 from noisytail.prediction import evaluate_split
 
-QUICK = {
-    "seed": 0,
-    "launcher": "python",
-    "data": {
-        "source": "table",
-        "path": "",
-        "val_per_class": 4,
-        "on_bad_image": "error",
-        "check_workers": 2,
-    },  # fmt: skip
-    "benchmark": {},  # not used by a table source, but a parameter dvc.yaml tracks
-    "model": {"backbone": "test_resnet", "embedding_dim": 16},
-    "train": {
-        "epochs": 2,
-        "batch_size": 8,
-        "base_lr": 0.2,
-        "warmup_epochs": 0,
-        "workers": 0,
-        "image_size": 32,
-        "snapshot_epochs": [1],
-    },  # fmt: skip
-    "augment": {},
-    "tracking": {"experiment": "pipeline-test"},
-    "gallery": {"per_section": 4, "max_classes": 2},
-    "cleaning": {
-        "rounds": [
-            {"round": 1, "input": "data/prepared", "output": "data/clean/round_1"},
-            {
-                "round": 2,
-                "input": "data/clean/round_1",
-                "output": "data/clean/round_2",
-                "threshold": 0.4,
-            },
-        ],
-        "judge": "all",
-        "neighbours": 5,
-        "neighbour_weight": 0.5,
-        "neighbour_index": "exact",
-        "neighbour_index_threshold": 200000,
-        "nprobe": 32,
-        "rule": "label_prob",
-        "threshold": 0.5,
-        "fraction": 0.5,
-        "per_class": False,
-        "prior_correction": 1.0,
-        "min_per_class": 3,
-        "relabel_threshold": 1.01,
-        "predictions": "early",
-        "early_epoch": 1,
-        "folds": 2,
-    },  # fmt: skip
-}
+QUICK = yaml.safe_load((REPO / "profiles" / "quick.yaml").read_text())
 
 
 def run(args, cwd, env):
@@ -142,8 +91,20 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
     assert report["kept"] + report["dropped"] == int((prepared["split"] == "train").sum())
     assert set(round_2["sample_id"]) <= set(prepared["sample_id"])
 
+    check_members(root, env)
+
     second = run([*dvc, "repro"], root, env)
     assert "Data and pipelines are up to date" in second.stdout
+
+    # A change to one member re-runs that member's three steps and the side-by-side report only.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["members"]["vit_r1"]["seed"] = 5
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = set(json.loads(run([*dvc, "status", "--json"], root, env).stdout))
+    assert status == {"member_full@vit_r1", "member_hires@vit_r1", "member_balance@vit_r1",
+                      "members"}  # fmt: skip
+    params["members"]["vit_r1"]["seed"] = QUICK["members"]["vit_r1"]["seed"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     # Each round's clean run in MLflow holds its gallery.
     from mlflow.tracking import MlflowClient
@@ -168,6 +129,53 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
     # Only the cleaning stages read the threshold; dvc repro then re-runs each stage downstream
     # of a changed output (round 2's training), never round 1's training or prediction.
     assert set(json.loads(status)) == {"clean@0", "clean@1"}
+
+
+def check_members(root, env):
+    """Each member's steps ran in order at their own sizes; metrics match the saved models; the
+    MLflow runs nest members -> member -> step; each final model is a registered version."""
+    prepared = read_manifest(root / "data/prepared/manifest.parquet")
+    for name, spec in QUICK["members"].items():
+        for step, size in (("full", 32), ("hires", 40), ("balance", 40)):
+            metrics = json.loads((root / f"metrics/members/{name}/{step}.json").read_text())
+            model, _ = load_network(root / f"models/members/{name}/{step}/model.safetensors")
+            assert metrics["image_size"] == size and model.view["image_size"] == size
+            again = evaluate_split(model, prepared, "test", size, Accelerator(cpu=True))
+            assert metrics["test"]["mean_class_error"] == pytest.approx(
+                again["mean_class_error"], abs=1e-3
+            )
+        done = json.loads((root / f"models/members/{name}/balance/done.json").read_text())
+        recipe = "balanced_subset" if "balance" in spec else "crt"
+        assert json.loads((root / f"metrics/members/{name}/balance.json").read_text())[
+            "recipe"] == recipe  # fmt: skip
+        assert done["config"]["image_size"] == 40
+    report = json.loads((root / "metrics/members.json").read_text())
+    assert report["summary"]["members"] == 2 and len(report["rows"]) == 6
+    assert (root / "metrics/members.png").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("pipeline-test").experiment_id
+    (parent,) = client.search_runs([experiment], "attributes.run_name = 'members'")
+    children = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )  # fmt: skip
+    assert sorted(r.info.run_name for r in children) == ["member/resnet_r2", "member/vit_r1"]
+    for member in children:
+        name = member.info.run_name.split("/")[1]
+        assert member.data.metrics["balance.test_mean_class_error"] == pytest.approx(json.loads(
+            (root / f"metrics/members/{name}/balance.json").read_text())["test"][
+            "mean_class_error"])  # fmt: skip
+        steps = client.search_runs(
+            [experiment], f"tags.mlflow.parentRunId = '{member.info.run_id}'"
+        )  # fmt: skip
+        assert sorted(r.data.tags["step"] for r in steps) == ["balance", "full", "hires"]
+        (version,) = client.search_model_versions(f"name = 'noisytail-{name}'")
+        assert version.tags["dvc_round"] == str(QUICK["members"][name]["round"])
+        assert version.tags["params_digest"] and "git_commit" in version.tags
+        balance = next(r for r in steps if r.data.tags["step"] == "balance")
+        assert version.run_id == balance.info.run_id
 
 
 OUTPUTS = [

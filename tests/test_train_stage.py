@@ -181,3 +181,38 @@ def test_two_processes_stay_in_sync_and_gather_exact_metrics(tmp_path):
     for column in ("topk_index", "topk_prob", "embedding"):
         np.testing.assert_allclose(np.stack(two[column]), np.stack(one[column]), atol=1e-5)
     np.testing.assert_allclose(two["label_prob"], one["label_prob"], atol=1e-6)
+
+
+def test_a_rerun_with_changed_inputs_opens_a_new_mlflow_run(stage):
+    """The folder of a finished run, re-run with other settings, starts afresh: a new MLflow
+    run, never more metrics in the old one (the old run id is dropped before the tracker reads
+    it), and no snapshot of the old run left behind."""
+    import shutil
+
+    root, command, env, _ = stage
+    if not (root / "straight" / "done.json").exists():
+        subprocess.run(command(root / "straight"), env=env, check=True, capture_output=True)
+    out = root / "changed"
+    shutil.copytree(root / "straight", out)
+    (out / "model_epoch_2.safetensors").write_bytes(b"stale")
+    changed = root / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**PARAMS, "train": {**PARAMS["train"], "epochs": 3}}))
+    args = command(out)
+    args[args.index("--params") + 1] = str(changed)
+    result = subprocess.run(args, env=env, check=True, capture_output=True, text=True)
+    assert "changed since the last run; starting afresh" in result.stdout
+    assert not (out / "model_epoch_2.safetensors").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("stage-test")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    old_id = (root / "straight" / "mlflow_run_id").read_text().strip()
+    new_id = (out / "mlflow_run_id").read_text().strip()
+    assert new_id != old_id and runs["changed"].info.run_id == new_id
+    old_steps = [m.step for m in client.get_metric_history(old_id, "val_top1")]
+    new_steps = [m.step for m in client.get_metric_history(new_id, "val_top1")]
+    assert old_steps == list(range(1, 9)) and new_steps == [1, 2, 3]
+    assert client.get_run(old_id).data.params["train.epochs"] == "8"
+    assert client.get_run(new_id).data.params["train.epochs"] == "3"

@@ -18,11 +18,12 @@ from noisytail.cleaning import round_config
 from noisytail.config import ConfigError, from_mapping, load_params
 from noisytail.data.prepare import BenchmarkConfig, DataConfig
 from noisytail.data.transforms import AugmentConfig
+from noisytail.members import check_members, member_plan
 from noisytail.models.network import PRESETS, ModelConfig
 from noisytail.training.engine import TrainConfig
 
 SECTIONS = ("seed", "launcher", "data", "benchmark", "augment", "model", "train", "hires", "crt",
-            "balanced_subset", "tracking", "cleaning", "gallery")  # fmt: skip
+            "balanced_subset", "tracking", "cleaning", "gallery", "members")  # fmt: skip
 FIRST_ROUND_INPUT = "data/prepared"
 
 
@@ -89,7 +90,7 @@ def check_params(params: Mapping) -> None:
     from_mapping(TrainConfig, train, "train")
     for overlay in ("hires", "crt"):
         from_mapping(TrainConfig, {**train, **(params.get(overlay) or {})}, overlay)
-    subset = _keys(params.get("balanced_subset"), "balanced_subset", ("per_class",))
+    subset = _keys(params.get("balanced_subset"), "balanced_subset", ("per_class", "finetune"))
     if int(subset.get("per_class", 30)) < 1:
         raise ConfigError("balanced_subset.per_class: must be at least 1")
     _keys(params.get("tracking"), "tracking", ("uri", "experiment"))
@@ -99,6 +100,12 @@ def check_params(params: Mapping) -> None:
             raise ConfigError(f"gallery.{key}: a whole number of at least 1, got {value!r}")
     if "cleaning" in params:  # a training-only params file (tests, notebooks) has none
         check_rounds(params["cleaning"] or {})
+    check_members(params)
+    for name in params.get("members") or {}:  # each member's own backbone and weights
+        try:
+            check_model(member_plan(params, name).model)
+        except ConfigError as error:
+            raise ConfigError(f"members.{name}.{error}") from None
 
 
 def load_checked_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:

@@ -56,3 +56,24 @@ def confidence_histogram(
     ax.set_title(title)
     ax.legend()
     return save_figure(fig, path)
+
+
+def member_steps(path: str | os.PathLike, rows: Sequence[dict], steps: Sequence[str]) -> Path:
+    """Test mean class error (left) and few-class accuracy (right) of every member after each
+    of its steps: grouped bars, one group per member."""
+    members = list(dict.fromkeys(r["member"] for r in rows))
+    value = {(r["member"], r["step"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(members)), 4))
+    width = 0.8 / len(steps)
+    x = np.arange(len(members))
+    for ax, key, label in (
+        (axes[0], "test_mean_class_error", "test mean class error (%)"),
+        (axes[1], "test_few_accuracy", "test few-class accuracy (%)"),
+    ):
+        for i, step in enumerate(steps):
+            ax.bar(x + (i - (len(steps) - 1) / 2) * width,
+                   [value[m, step][key] for m in members], width, label=step)  # fmt: skip
+        ax.set_xticks(x, members, rotation=30, ha="right")
+        ax.set_ylabel(label)
+    axes[0].legend(title="after step")
+    return save_figure(fig, path)

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from noisytail.data.dataset import ImageDataset
-from noisytail.data.manifest import Manifest
+from noisytail.data.manifest import Manifest, ManifestError
 from noisytail.data.transforms import AugmentConfig, eval_transform
 from noisytail.metrics import classification_report
 from noisytail.models.network import NoisyTailNet
@@ -101,6 +101,27 @@ def evaluate_split(
         np.stack(table["topk_index"])[:, 0], dataset.labels.numpy(), manifest.num_classes,
         manifest.class_counts("train", column).to_numpy(),
     )  # fmt: skip
+
+
+def model_view(
+    model: NoisyTailNet, size: int = 32, augment: AugmentConfig = AugmentConfig()
+) -> tuple[int, AugmentConfig]:
+    """The image size and crop geometry ``model`` was trained at (saved in its ``model.json``);
+    ``size`` and ``augment`` only for a model saved without one (older versions)."""
+    if not model.view:
+        return size, augment
+    view = model.view
+    return view["image_size"], AugmentConfig(crop=view["crop"], margin=view["margin"])
+
+
+def check_classes(classes: tuple[str, ...], manifest: Manifest, model_path: str) -> None:
+    """A model scored against another class list would be silently wrong: refuse it."""
+    if tuple(classes) != tuple(manifest.classes):
+        theirs, ours = list(classes)[:5], list(manifest.classes)[:5]
+        raise ManifestError(
+            f"{model_path} was trained on {len(classes)} classes {theirs}..., the manifest has "
+            f"{manifest.num_classes} {ours}...: evaluate it on the data it was trained for"
+        )
 
 
 def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:

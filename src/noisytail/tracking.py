@@ -13,7 +13,7 @@ import subprocess
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,13 @@ class RunTracker:
         enabled: bool = True,
         tags: Mapping[str, str] | None = None,
         resume_file: str | os.PathLike | None = None,
+        *,
+        nested: bool = False,
+        record: bool = True,
     ) -> None:
+        """``resume_file`` holds the run id: a run recorded there is continued (a resumed
+        training), else a new run is started and, with ``record``, its id written there.
+        ``nested`` opens the run as a child of the process's active run."""
         self.enabled, self.run_id = enabled, None
         if not enabled:
             return
@@ -82,9 +88,9 @@ class RunTracker:
         resume_file = Path(resume_file) if resume_file else None
         previous = resume_file.read_text().strip() if resume_file and resume_file.exists() else None
         self.run = mlflow.start_run(run_id=previous, run_name=None if previous else run_name,
-                                    tags=dict(tags or {}))  # fmt: skip
+                                    tags=dict(tags or {}), nested=nested)  # fmt: skip
         self.run_id = self.run.info.run_id
-        if resume_file and not previous:
+        if resume_file and record and not previous:
             resume_file.parent.mkdir(parents=True, exist_ok=True)
             resume_file.write_text(self.run_id)
         commit = git_commit()
@@ -93,15 +99,20 @@ class RunTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.enabled and not self.mlflow.get_run(self.run_id).data.params:
-            flat = {k: str(v)[:500] for k, v in flatten(params).items()}
-            self.mlflow.log_params(flat)
+            flat = [self.mlflow.entities.Param(k, str(v)[:500]) for k, v in flatten(params).items()]
+            self.mlflow.MlflowClient().log_batch(self.run_id, params=flat)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.enabled:
-            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            values = {k: float(v) for k, v in metrics.items()}
+            self.mlflow.MlflowClient().log_batch(
+                self.run_id, [self.mlflow.entities.Metric(k, v, now_ms(), step or 0)
+                              for k, v in values.items()],
+            )  # fmt: skip
 
     def log_dataset(self, table, source: str, name: str, digest: str, round_: str = "") -> None:
-        """The training manifest as an MLflow dataset input (digest and DVC round as tags)."""
+        """The training manifest as an MLflow dataset input (digest and DVC round as tags).
+        Logged to the process's active run: call it before a nested run starts."""
         if self.enabled and not self.mlflow.get_run(self.run_id).inputs.dataset_inputs:
             # MLflow infers the table's schema (when logging it, not when building it) and hints
             # about integer columns: advice for model signatures, nothing a user can act on here
@@ -116,13 +127,65 @@ class RunTracker:
 
     def log_artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
         if self.enabled and Path(path).exists():
-            self.mlflow.log_artifact(str(path), artifact_path=folder)
+            self.mlflow.MlflowClient().log_artifact(self.run_id, str(path), artifact_path=folder)
 
     def log_artifacts(self, folder: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Every file of ``folder`` (a gallery, say) under ``artifact_path``."""
         if self.enabled and Path(folder).is_dir():
-            self.mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+            self.mlflow.MlflowClient().log_artifacts(self.run_id, str(folder), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
-        if self.enabled and self.mlflow.active_run() is not None:
+        if not self.enabled:
+            return
+        active = self.mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
             self.mlflow.end_run(status=status)
+
+    def register(self, name: str, artifact_path: str, tags: Mapping[str, str]) -> str | None:
+        """A new version of registered model ``name`` from this run's ``artifact_path``; returns
+        the version (the registry keeps every version; aliases, not stages, pick one)."""
+        if not self.enabled:
+            return None
+        client = self.mlflow.MlflowClient()
+        try:
+            client.get_registered_model(name)
+        except self.mlflow.exceptions.MlflowException:
+            client.create_registered_model(name)
+        source = f"{self.run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = client.create_model_version(name, source, run_id=self.run_id, tags=dict(tags))
+        return version.version
+
+
+def now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def adopt_children(uri: str, experiment: str, parent_name: str, children: Mapping[str, str],
+                   metrics: Mapping[str, float], tags: Mapping[str, str],
+                   artifacts: Sequence[str | os.PathLike] = ()) -> str:  # fmt: skip
+    """A new run ``parent_name`` that nests the existing runs ``children`` (name -> run id, as
+    MLflow's UI nests: the ``mlflow.parentRunId`` tag) and holds ``metrics`` and ``artifacts``;
+    returns its id."""
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = tracking_uri(uri)
+    check_reachable(uri)
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    all_tags = dict(tags)
+    commit = git_commit()
+    if commit:
+        all_tags["mlflow.source.git.commit"] = commit
+    parent = client.create_run(experiment_id, run_name=parent_name, tags=all_tags).info.run_id
+    for run_id in children.values():
+        client.set_tag(run_id, "mlflow.parentRunId", parent)
+    client.log_batch(parent, [mlflow.entities.Metric(k, float(v), now_ms(), 0)
+                              for k, v in metrics.items()])  # fmt: skip
+    for path in artifacts:
+        client.log_artifact(parent, str(path))
+    client.set_terminated(parent)
+    return parent

@@ -100,7 +100,10 @@ def create_backbone(config: ModelConfig, num_classes: int = 0) -> nn.Module:
     kwargs: dict = {"num_classes": num_classes, "in_chans": config.in_chans,
                     "drop_rate": config.drop_rate}  # fmt: skip
     if config.backbone.startswith(VIT_PREFIXES):
+        # built for image_size, but any input size works (hi-res fine-tuning, FixRes testing):
+        # the position embedding is resampled to the input's grid
         kwargs["img_size"] = config.image_size
+        kwargs["dynamic_img_size"] = True
         if config.patch_size:
             kwargs["patch_size"] = config.patch_size
     if config.pretrained in ("", "none"):
@@ -132,6 +135,9 @@ class NoisyTailNet(nn.Module):
     def __init__(self, config: ModelConfig, num_classes: int) -> None:
         super().__init__()
         self.config, self.num_classes = config, num_classes
+        # How the network saw its images in training (image_size, crop, margin): saved with the
+        # weights so that evaluation and prediction use the same view (see data.transforms).
+        self.view: dict | None = None
         self.backbone = create_backbone(config)
         width = self.backbone.num_features
         if config.embedding_dim:
@@ -179,7 +185,8 @@ def save_network(model: NoisyTailNet, path: str | os.PathLike, classes: tuple[st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"model": asdict(replace(model.config, pretrained="")), "classes": list(classes)}
+    meta = {"model": asdict(replace(model.config, pretrained="")), "classes": list(classes),
+            "view": model.view}  # fmt: skip
     partial = path.with_name(f"partial_{path.stem}")
     partial.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     partial.with_suffix(".json").replace(path.with_suffix(".json"))
@@ -196,4 +203,5 @@ def load_network(path: str | os.PathLike) -> tuple[NoisyTailNet, tuple[str, ...]
     meta = json.loads(path.with_suffix(".json").read_text())
     model = build_network(ModelConfig(**meta["model"]), len(meta["classes"]))
     model.load_state_dict(load_file(str(path)))
+    model.view = meta.get("view")
     return model, tuple(meta["classes"])

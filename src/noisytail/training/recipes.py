@@ -24,7 +24,13 @@ from noisytail.data.manifest import Manifest, manifest_digest
 from noisytail.data.transforms import AugmentConfig, eval_transform, train_transform
 from noisytail.models.network import ModelConfig, NoisyTailNet, build_network
 from noisytail.tracking import RunTracker
-from noisytail.training.engine import TrainConfig, fit, seed_everything
+from noisytail.training.engine import (
+    TrainConfig,
+    claim_run_dir,
+    fit,
+    run_identity,
+    seed_everything,
+)
 
 RECIPES = ("full", "hires", "crt", "balanced_subset")
 
@@ -97,6 +103,7 @@ def run_recipe(
     seed_everything(seed, train_config.deterministic)
     model, frozen = build_recipe_model(recipe, model_config, manifest.num_classes)
     channels, size = model_config.in_chans, train_config.image_size
+    model.view = {"image_size": size, "crop": augment.crop, "margin": augment.margin}
     rows = training_rows(recipe, manifest)
     train_set = ImageDataset(
         rows, manifest.image_root, train_transform(size, augment, channels), channels, seed
@@ -110,9 +117,69 @@ def run_recipe(
     return fit(
         model, train_set, val_set, train_config, out_dir, classes=manifest.classes, seed=seed,
         frozen=frozen, tracker=tracker, accelerator=accelerator,
-        fingerprint=fingerprint or run_fingerprint(recipe, model_config, train_config, augment,
-                                                   rows, seed),
+        fingerprint=fingerprint or recipe_fingerprint(recipe, model_config, train_config, augment,
+                                                      manifest, seed),
     )  # fmt: skip
+
+
+def recipe_fingerprint(
+    recipe: RecipeConfig,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    augment: AugmentConfig,
+    manifest: Manifest,
+    seed: int,
+) -> str:
+    """The identity of a recipe run: what ``run_recipe`` would train (see ``run_fingerprint``)."""
+    if recipe.name == "crt":
+        train_config = replace(train_config, sampler="class_balanced")
+    rows = training_rows(recipe, manifest)
+    return run_fingerprint(recipe, model_config, train_config, augment, rows, seed)
+
+
+def claim_recipe_dir(out_dir: str | Path, fingerprint: str, accelerator) -> None:
+    """Before anything is logged: a run folder left by other inputs is emptied (its checkpoints,
+    model and MLflow run id), so that a changed run opens a new MLflow run instead of logging
+    into the old one. ``fit`` then finds the folder already claimed."""
+    if accelerator.is_main_process:
+        claim_run_dir(Path(out_dir), run_identity(fingerprint, accelerator.num_processes))
+    accelerator.wait_for_everyone()
+
+
+def run_tracked_recipe(
+    recipe: RecipeConfig,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    augment: AugmentConfig,
+    manifest: Manifest,
+    out_dir: str | Path,
+    *,
+    seed: int,
+    tracker: RunTracker,
+    accelerator,
+    fingerprint: str,
+    dataset: tuple[str, str, str] | None = None,
+) -> dict:
+    """``run_recipe`` logged to ``tracker``: its configs, the training rows as a dataset
+    (``dataset`` = source path, name, DVC round), per-epoch and final metrics, the model."""
+    tracker.log_params({"recipe": asdict(recipe), "model": asdict(model_config),
+                        "train": asdict(train_config), "augment": asdict(augment),
+                        "seed": seed, "num_processes": accelerator.num_processes})  # fmt: skip
+    if dataset is not None:
+        rows = manifest.split("train")
+        tracker.log_dataset(rows, dataset[0], dataset[1], manifest_digest(rows), dataset[2])
+    try:
+        result = run_recipe(
+            recipe, model_config, train_config, augment, manifest, out_dir, seed=seed,
+            tracker=tracker, accelerator=accelerator, fingerprint=fingerprint,
+        )  # fmt: skip
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.log_metrics({f"final_{k}": v for k, v in result["final"].items() if k != "epoch"})
+    tracker.log_artifact(Path(out_dir) / "model.safetensors", "model")
+    tracker.log_artifact(Path(out_dir) / "model.json", "model")
+    return result
 
 
 def code_digest() -> str:

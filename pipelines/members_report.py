@@ -1,0 +1,64 @@
+"""DVC stage `members`: every member side by side, as a table, a plot and one MLflow parent run.
+
+Writes metrics/members.json (one row per member and step, and a summary) and
+metrics/members.png; opens a `members` MLflow run and nests each member's run under it, so the
+MLflow UI compares the members of this `dvc repro` side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from noisytail.errors import report_expected_errors
+from noisytail.members import STEPS, member_plan, members_summary, read_member_metrics
+from noisytail.params import load_checked_params
+from noisytail.plots import member_steps
+from noisytail.tracking import adopt_children
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="metrics/members.json")
+    parser.add_argument("--plot", default="metrics/members.png")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    params = load_checked_params(args.params)
+    names = list(params.get("members") or {})
+    rows = read_member_metrics(names)
+    summary = members_summary(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    member_steps(args.plot, rows, STEPS)
+
+    print(f"{'member':<16} {'step':<8} {'size':>4} {'val MCE':>8} {'test MCE':>9} "
+          f"{'many':>6} {'medium':>7} {'few':>6}")  # fmt: skip
+    nan = float("nan")  # a group (many / medium / few) without classes has no accuracy
+    for r in rows:
+        print(f"{r['member']:<16} {r['step']:<8} {r['image_size']:>4} "
+              f"{r['val_mean_class_error']:>8.2f} {r['test_mean_class_error']:>9.2f} "
+              f"{r.get('test_many_accuracy', nan):>6.1f} "
+              f"{r.get('test_medium_accuracy', nan):>7.1f} "
+              f"{r.get('test_few_accuracy', nan):>6.1f}")  # fmt: skip
+    print(
+        f"best on val: {summary['best_member']} "
+        f"(test MCE {summary['best_member_test_mean_class_error']:.2f})"
+    )
+
+    runs = {}
+    for name in names:
+        run_file = member_plan(params, name).step_dir("full") / "member_run_id"
+        if run_file.is_file():
+            runs[name] = run_file.read_text().strip()
+    tracking = params.get("tracking") or {}
+    metrics = {f"{r['member']}.{r['step']}.test_mean_class_error": r["test_mean_class_error"]
+               for r in rows}  # fmt: skip
+    tags = {"kind": "members", "best_member": summary["best_member"]}
+    adopt_children(tracking.get("uri", ""), tracking.get("experiment", "noisytail"), "members",
+                   runs, metrics, tags, artifacts=[args.out, args.plot])  # fmt: skip
+
+
+if __name__ == "__main__":
+    report_expected_errors(main)
