@@ -44,7 +44,11 @@ test: setup data ## set up, then run the fast test suite
 test-slow: setup data ## every test, those marked slow included
 	$(PY) -m pytest -m "slow or not slow"
 
-run: setup data ## set up, then `dvc repro` the whole pipeline on params.yaml (FMNIST-LT-N)
+run: setup data ## set up, then `dvc repro` on params.yaml (PROFILE=aliproducts: use profiles/<name>.yaml)
+	@if [ -n "$(PROFILE)" ]; then \
+	  test -f profiles/$(PROFILE).yaml || { echo "no profile profiles/$(PROFILE).yaml"; exit 2; }; \
+	  cp profiles/$(PROFILE).yaml params.yaml && echo "params.yaml <- profiles/$(PROFILE).yaml"; \
+	fi
 	dvc repro
 
 lint: setup ## ruff check and format check
