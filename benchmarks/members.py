@@ -37,6 +37,8 @@ def main() -> None:
     last = json.loads(Path(f"metrics/round_{last_round}.json").read_text())
     baseline = json.loads((RESULTS / "baseline.json").read_text())["summary"]["0"]
     finals = summary["final_test_mean_class_error"]
+    summary["few_accuracy_gain"] = {m: round(g, 2) for m, g in summary["few_accuracy_gain"].items()}
+    summary["few_accuracy_gain_min"] = round(summary["few_accuracy_gain_min"], 2)
     summary.update({
         "best_member": summary.pop("best_member_test_mean_class_error"),
         "best_member_name": summary["best_member"],
