@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow run lint format lock ui clean
+.PHONY: help setup data test test-slow run ensemble studies lint format lock ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,14 @@ run: setup data ## set up, then `dvc repro` on params.yaml (PROFILE=aliproducts:
 	  cp profiles/$(PROFILE).yaml params.yaml && echo "params.yaml <- profiles/$(PROFILE).yaml"; \
 	fi
 	dvc repro
+
+ensemble: setup data ## test time through DVC: views -> Optuna -> ensemble -> registry (champion)
+	dvc repro register
+	@echo "metrics/ensemble.json, predictions.csv, metrics/ensemble_per_class.png; serve it with:"
+	@echo "  mlflow models serve -m models:/noisytail-ensemble@champion -h 127.0.0.1 -p 5001 --env-manager local"
+
+studies: setup ## list the Optuna studies (tau, TTA, ensemble weights) and their best values
+	optuna studies --storage sqlite:///optuna.db
 
 lint: setup ## ruff check and format check
 	ruff check src pipelines tests benchmarks

@@ -92,6 +92,7 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
     assert set(round_2["sample_id"]) <= set(prepared["sample_id"])
 
     check_members(root, env)
+    check_test_time(root, env)
 
     second = run([*dvc, "repro"], root, env)
     assert "Data and pipelines are up to date" in second.stdout
@@ -102,7 +103,7 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = set(json.loads(run([*dvc, "status", "--json"], root, env).stdout))
     assert status == {"member_full@vit_r1", "member_hires@vit_r1", "member_balance@vit_r1",
-                      "members"}  # fmt: skip
+                      "members", "tune"}  # fmt: skip
     params["members"]["vit_r1"]["seed"] = QUICK["members"]["vit_r1"]["seed"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -176,6 +177,86 @@ def check_members(root, env):
         assert version.tags["params_digest"] and "git_commit" in version.tags
         balance = next(r for r in steps if r.data.tags["step"] == "balance")
         assert version.run_id == balance.info.run_id
+
+
+def check_test_time(root, env):
+    """tuned.yaml from the studies; the ensemble's metrics and predictions; the registry's
+    champion, loaded by alias, served over HTTP and used by `noisytail predict`, predicts what
+    the pipeline's ensemble predicted."""
+    tuned = yaml.safe_load((root / "tuned.yaml").read_text())
+    assert set(tuned["members"]) == set(QUICK["members"])
+    weights = [t["weight"] for t in tuned["members"].values()]
+    assert abs(sum(weights) - 1) < 1e-3 and all(w >= 0 for w in weights)
+    metrics = json.loads((root / "metrics/ensemble.json").read_text())
+    for name in QUICK["members"]:
+        assert {f"{name}/as_trained", f"{name}/tau", f"{name}/tau+tta"} <= set(metrics)
+        # as trained, the cached views give the member's own test metrics (same model, view)
+        own = json.loads((root / f"metrics/members/{name}/balance.json").read_text())["test"]
+        assert metrics[f"{name}/as_trained"]["test"]["mean_class_error"] == pytest.approx(
+            own["mean_class_error"], abs=1e-2)  # fmt: skip
+    assert {"ensemble", "ensemble/equal_weights"} <= set(metrics)
+    assert (root / "metrics/ensemble_per_class.png").is_file()
+    predictions = pd.read_csv(root / "predictions.csv")
+    prepared = read_manifest(root / "data/prepared/manifest.parquet")
+    test = prepared.split("test")
+    assert predictions["sample_id"].tolist() == test["sample_id"].tolist()
+
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    champion = mlflow.MlflowClient().get_model_version_by_alias("noisytail-ensemble", "champion")
+    assert champion.tags["member.resnet_r2"].startswith("noisytail-resnet_r2/")
+    model = mlflow.pyfunc.load_model("models:/noisytail-ensemble@champion")
+    paths = [str(prepared.image_root / p) for p in test["path"]]
+    served = model.predict(pd.DataFrame({"path": paths}))
+    assert served["class_1"].tolist() == predictions["class_1"].tolist()
+    np.testing.assert_allclose(served["prob_1"], predictions["prob_1"], atol=1e-4)
+
+    # `noisytail predict` prints the champion's top classes
+    cli = run([sys.executable, "-m", "noisytail.cli", "predict", paths[0]], root, env).stdout
+    assert cli.startswith(f"{paths[0]}: {predictions['class_1'][0]} ")
+
+    # `mlflow models serve` answers over HTTP on 127.0.0.1 (and is stopped)
+    answer = serve_and_ask(root, env, Path(paths[0]).read_bytes())
+    assert answer[0]["class_1"] == predictions["class_1"][0]
+
+
+def serve_and_ask(root, env, image: bytes, timeout=180):
+    import base64
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+         "models:/noisytail-ensemble@champion", "-h", "127.0.0.1", "-p", str(port),
+         "--env-manager", "local", "--workers", "1"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + timeout
+        while True:
+            assert server.poll() is None, "mlflow models serve exited"
+            assert time.time() < deadline, "the server did not come up"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": ["image"],
+                           "data": [[base64.b64encode(image).decode()]]}}).encode()  # fmt: skip
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 OUTPUTS = [

@@ -41,6 +41,27 @@ def draw_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_images(args: argparse.Namespace) -> int:
+    """The top-5 classes of each image from the registered ensemble (default: its champion)."""
+    import pandas as pd
+
+    from noisytail.tracking import tracking_uri
+
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise ManifestError(f"no such image file(s): {', '.join(missing)}")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    model = mlflow.pyfunc.load_model(args.model)
+    table = model.predict(pd.DataFrame({"path": [str(Path(p).resolve()) for p in args.images]}))
+    for path, (_, row) in zip(args.images, table.iterrows()):
+        ranked = ", ".join(f"{row[f'class_{r}']} {row[f'prob_{r}']:.3f}" for r in range(1, 6)
+                           if row[f"class_{r}"])  # fmt: skip
+        print(f"{path}: {ranked}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="noisytail", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     gallery.add_argument("--out", default="gallery", help="folder for the PNG files")
     gallery.set_defaults(run=draw_gallery)
+    predict = commands.add_parser("predict", help="top-5 classes of images (registered model)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--model", default="models:/noisytail-ensemble@champion",
+                         help="an MLflow model URI (default: the registry's champion)")  # fmt: skip
+    predict.set_defaults(run=predict_images)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

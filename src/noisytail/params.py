@@ -20,10 +20,13 @@ from noisytail.data.prepare import BenchmarkConfig, DataConfig
 from noisytail.data.transforms import AugmentConfig
 from noisytail.members import check_members, member_plan
 from noisytail.models.network import PRESETS, ModelConfig
+from noisytail.test_time import TTAConfig
 from noisytail.training.engine import TrainConfig
+from noisytail.tuning import TuningConfig
 
 SECTIONS = ("seed", "launcher", "data", "benchmark", "augment", "model", "train", "hires", "crt",
-            "balanced_subset", "tracking", "cleaning", "gallery", "members")  # fmt: skip
+            "balanced_subset", "tracking", "cleaning", "gallery", "members", "test_time",
+            "tuning")  # fmt: skip
 FIRST_ROUND_INPUT = "data/prepared"
 
 
@@ -101,6 +104,8 @@ def check_params(params: Mapping) -> None:
     if "cleaning" in params:  # a training-only params file (tests, notebooks) has none
         check_rounds(params["cleaning"] or {})
     check_members(params)
+    from_mapping(TTAConfig, params.get("test_time"), "test_time")
+    from_mapping(TuningConfig, params.get("tuning"), "tuning")
     for name in params.get("members") or {}:  # each member's own backbone and weights
         try:
             check_model(member_plan(params, name).model)

@@ -77,3 +77,27 @@ def member_steps(path: str | os.PathLike, rows: Sequence[dict], steps: Sequence[
         ax.set_ylabel(label)
     axes[0].legend(title="after step")
     return save_figure(fig, path)
+
+
+def accuracy_by_frequency(
+    path: str | os.PathLike,
+    class_names: Sequence[str],
+    train_counts: Sequence[int],
+    accuracy: dict[str, Sequence[float]],
+) -> Path:
+    """Per-class test accuracy against the class's training images (log scale), one series per
+    model: where the tail loses, and what each step wins back."""
+    counts = np.asarray(train_counts)
+    order = np.argsort(-counts)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (name, values), marker in zip(accuracy.items(), "os^vD*"):
+        ax.plot(counts[order], np.asarray(values)[order], marker=marker, label=name, alpha=0.8)
+    for i in order:
+        ax.annotate(class_names[i], (counts[i], 0), fontsize=7, rotation=60, ha="left",
+                    va="bottom", xytext=(0, 2), textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    return save_figure(fig, path)

@@ -189,3 +189,22 @@ def adopt_children(uri: str, experiment: str, parent_name: str, children: Mappin
         client.log_artifact(parent, str(path))
     client.set_terminated(parent)
     return parent
+
+
+def log_child_run(name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    """A finished run nested under the process's active run (an Optuna trial, say)."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    with mlflow.start_run(run_name=name, nested=True):
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+
+def latest_version(name: str) -> str | None:
+    """The newest version of registered model ``name`` (None if it is not registered)."""
+    import mlflow
+
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+    return max((v.version for v in versions), key=int, default=None)

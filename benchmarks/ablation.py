@@ -1,0 +1,110 @@
+"""The seed's Table 1 on FMNIST-LT-N seed 0: what each step of the method adds, test mean class
+error and the change from the row above, every choice made on val.
+
+Read from one `dvc repro` (metrics/, data/test_time/, tuned.yaml) and, for the plain timm
+recipe on the noisy and on the true labels, from benchmarks/results/baseline.json (same data,
+same budget, seed 0). Rows follow the pipeline's order: the member `--member` (default: the
+first in params.yaml) is trained on the last round's data, fine-tuned at high resolution,
+given a balanced classifier, then tau and TTA; then a 3-member and the 8-member ensemble.
+
+    make run && make ensemble
+    python benchmarks/ablation.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import RESULTS, print_table, write_result
+
+from noisytail.config import load_params
+from noisytail.data.manifest import read_manifest
+from noisytail.ensemble import ensemble_top_k
+from noisytail.metrics import classification_report
+from noisytail.test_time import load_views, tta_top_k
+
+
+def member_metrics(name: str, step: str) -> dict:
+    return json.loads(Path(f"metrics/members/{name}/{step}.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--member", default="")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    tuned = load_params("tuned.yaml")["members"]
+    names = list(params["members"])
+    member = args.member or names[0]
+    baseline = json.loads((RESULTS / "baseline.json").read_text())["summary"]["0"]
+    ensemble = json.loads(Path("metrics/ensemble.json").read_text())
+    last_round = params["cleaning"]["rounds"][-1]["round"]
+    manifest = read_manifest("data/prepared/manifest.parquet")
+    counts = manifest.class_counts("train", "true_label").to_numpy()
+    scales = params["test_time"]["scales"]
+    top = params["tuning"]["top"]
+
+    # A 3-member ensemble: the three best members on val (after tau and TTA), equal weights.
+    three = sorted(names, key=lambda m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"])[:3]
+    small = {}
+    for split in ("val", "test"):
+        lists, labels = [], None
+        for m in three:
+            views = load_views(Path("data/test_time") / m, scales, split=split)
+            labels = views[f"{scales[0]:g}"]["label"]
+            t = tuned[m]
+            lists.append(tta_top_k(views[f"{t['scale']:g}"], t["tau"], t["mode"], top))
+        index, _ = ensemble_top_k(lists, k=1, top=top)
+        small[split] = classification_report(index[:, 0], labels, manifest.num_classes, counts)
+
+    def row(step: str, val: float | None, test: float) -> dict:
+        return {"step": step, "val_mce": None if val is None else round(val, 2),
+                "test_mce": round(test, 2)}  # fmt: skip
+
+    def from_members(step: str, file: str) -> dict:
+        m = member_metrics(member, file)
+        return row(step, m["val"]["mean_class_error"], m["test"]["mean_class_error"])
+
+    def from_ensemble(step: str, key: str) -> dict:
+        m = ensemble[key]
+        return row(step, m["val"]["mean_class_error"], m["test"]["mean_class_error"])
+
+    rows = [
+        row("plain timm recipe, noisy labels", None, baseline["plain_noisy"]),
+        row("noisytail recipe, noisy labels (round 1's model)", None,
+            json.loads(Path("metrics/round_1.json").read_text())["mean_class_error"]),
+        from_members(f"+ cleaning: {member} on round {last_round}'s data", "full"),
+        from_members("+ hi-res fine-tune", "hires"),
+        from_members("+ balanced classifier", "balance"),
+        from_ensemble("+ tau", f"{member}/tau"),
+        from_ensemble("+ TTA", f"{member}/tau+tta"),
+        row(f"+ 3-member ensemble ({', '.join(three)})", small["val"]["mean_class_error"],
+            small["test"]["mean_class_error"]),
+        from_ensemble(f"+ {len(names)}-member ensemble (tuned weights)", "ensemble"),
+        row("plain timm recipe, TRUE labels", None, baseline["plain_oracle"]),
+    ]  # fmt: skip
+    previous = None
+    for r in rows[:-1]:
+        r["delta"] = None if previous is None else round(r["test_mce"] - previous, 2)
+        previous = r["test_mce"]
+    rows[-1]["delta"] = None
+    print_table(rows)
+    best = min(names, key=lambda m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"])
+    summary = {
+        "plain_noisy": baseline["plain_noisy"],
+        "full_pipeline": ensemble["ensemble"]["test"]["mean_class_error"],
+        "best_member": ensemble[f"{best}/tau+tta"]["test"]["mean_class_error"],
+        "best_member_name": best,
+        "plain_oracle": baseline["plain_oracle"],
+        "moonshot_met": ensemble["ensemble"]["test"]["mean_class_error"] < baseline["plain_oracle"],
+    }
+    print(json.dumps(summary, indent=1))
+    write_result("ablation", rows, summary=summary, member=member)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""DVC stage `ensemble`: the members as tuned (tuned.yaml) and their weighted top-10 ensemble,
+on val and test: metrics/ensemble.json, predictions.csv (test top-5) and per-class accuracy
+against training frequency (metrics/ensemble_per_class.png).
+
+Rows per member: as trained (bias, centre view), + tau, + tau and TTA; then the ensemble with
+equal weights and with the tuned weights. Every choice was made on val (pipelines/tune.py);
+test is only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from noisytail.config import from_mapping, load_params
+from noisytail.data.manifest import read_manifest
+from noisytail.ensemble import ensemble_top_k
+from noisytail.errors import report_expected_errors
+from noisytail.metrics import classification_report, per_class_recall
+from noisytail.params import load_checked_params
+from noisytail.plots import accuracy_by_frequency
+from noisytail.test_time import TTAConfig, load_views, tta_top_k
+
+PREPARED = "data/prepared/manifest.parquet"
+
+
+def score_rows(views: dict, tuned: dict, plain_scale: str, top: int):
+    """Each row's top classes: per member as trained, + tau, + tau and TTA; the ensemble with
+    equal and with tuned weights. Returns them and the tuned ensemble's top-5 lists."""
+    rows, tuned_lists = {}, []
+    for m, t in tuned.items():
+        centre = views[m][plain_scale]
+        rows[f"{m}/as_trained"] = tta_top_k(centre, None, "none", top)[0]
+        rows[f"{m}/tau"] = tta_top_k(centre, t["tau"], "none", top)[0]
+        tuned_lists.append(tta_top_k(views[m][f"{t['scale']:g}"], t["tau"], t["mode"], top))
+        rows[f"{m}/tau+tta"] = tuned_lists[-1][0]
+    rows["ensemble/equal_weights"] = ensemble_top_k(tuned_lists, k=1, top=top)[0]
+    final = ensemble_top_k(tuned_lists, [t["weight"] for t in tuned.values()], k=5, top=top)
+    rows["ensemble"] = final[0]
+    return rows, final
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--views", default="data/test_time")
+    parser.add_argument("--tuned", default="tuned.yaml")
+    parser.add_argument("--metrics", default="metrics/ensemble.json")
+    parser.add_argument("--predictions", default="predictions.csv")
+    parser.add_argument("--plot", default="metrics/ensemble_per_class.png")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    params = load_checked_params(args.params)
+    tuned = load_params(args.tuned)["members"]
+    scales = from_mapping(TTAConfig, params.get("test_time"), "test_time").scales
+    top = (params.get("tuning") or {}).get("top", 10)
+    manifest = read_manifest(PREPARED)
+    counts = manifest.class_counts("train", "true_label" if manifest.fully_verified else "label")
+    names = list(tuned)
+    report, per_class, lists = {}, {}, {}
+    for split in ("val", "test"):
+        views = {m: load_views(Path(args.views) / m, scales, split=split) for m in names}
+        labels = next(iter(views[names[0]].values()))["label"]
+        rows, lists[split] = score_rows(views, tuned, f"{scales[0]:g}", top)
+        for row, index in rows.items():
+            report.setdefault(row, {})[split] = {k: round(v, 3) for k, v in classification_report(
+                index[:, 0], labels, manifest.num_classes, counts.to_numpy()).items()}  # fmt: skip
+            if split == "test":
+                per_class[row] = 100 * per_class_recall(index[:, 0], labels, manifest.num_classes)
+
+    Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.metrics).write_text(json.dumps(report, indent=1))
+    index, prob = lists["test"]
+    sample_ids = next(iter(load_views(Path(args.views) / names[0], scales[:1], "test").values()))
+    table = pd.DataFrame({"sample_id": sample_ids["sample_id"]})
+    for rank in range(5):
+        table[f"class_{rank + 1}"] = [manifest.classes[c] if c >= 0 else "" for c in index[:, rank]]
+        table[f"prob_{rank + 1}"] = np.round(prob[:, rank], 5)
+    table.to_csv(args.predictions, index=False)
+    best = min(names, key=lambda m: report[f"{m}/tau+tta"]["val"]["mean_class_error"])
+    accuracy_by_frequency(args.plot, manifest.classes, counts.to_numpy(), {
+        f"{best} as trained": per_class[f"{best}/as_trained"],
+        f"{best} + tau + TTA": per_class[f"{best}/tau+tta"], "ensemble": per_class["ensemble"],
+    })  # fmt: skip
+    for row, splits in report.items():
+        print(f"{row:<32} val {splits['val']['mean_class_error']:6.2f}  "
+              f"test {splits['test']['mean_class_error']:6.2f}")  # fmt: skip
+    print(yaml.safe_dump({"weights": {m: tuned[m]["weight"] for m in names}}).strip())
+
+
+if __name__ == "__main__":
+    report_expected_errors(main)

@@ -1,0 +1,68 @@
+"""DVC stage `member_views`: a member's final model on val and test, ten views per image at
+each test-time scale, cached as bias-free top-K logits (noisytail.test_time) for the studies.
+
+    python pipelines/predict_views.py --member resnet18_r3
+
+Writes data/test_time/<member>/scale_<s>.npz, one per `test_time.scales`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from noisytail.config import from_mapping
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import read_manifest
+from noisytail.errors import report_expected_errors
+from noisytail.members import member_plan
+from noisytail.models.network import load_network
+from noisytail.params import load_checked_params
+from noisytail.prediction import check_classes, model_view
+from noisytail.test_time import TTAConfig, enlarged_transform, predict_views, stack_caches
+from noisytail.training.engine import TrainConfig, make_accelerator
+
+PREPARED = "data/prepared/manifest.parquet"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--member", required=True)
+    parser.add_argument("--out", default="data/test_time")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    params = load_checked_params(args.params)
+    plan = member_plan(params, args.member)
+    config = from_mapping(TTAConfig, params.get("test_time"), "test_time")
+    weights = plan.step_dir("balance") / "model.safetensors"
+    model, classes = load_network(weights)
+    manifest = read_manifest(PREPARED)
+    check_classes(classes, manifest, str(weights))
+    size, view = model_view(model)
+    channels = model.config.in_chans
+    accelerator = make_accelerator(TrainConfig(mixed_precision=plan.steps["full"].mixed_precision))
+    out = Path(args.out) / plan.name
+    out.mkdir(parents=True, exist_ok=True)
+    for scale in config.scales:
+        caches, splits = [], []
+        for split in ("val", "test"):
+            dataset = ImageDataset.from_manifest(
+                manifest, split, enlarged_transform(size, channels, view, scale), channels=channels
+            )  # fmt: skip
+            caches.append(predict_views(model, dataset, size, accelerator, top_k=config.top_k,
+                                        batch_size=config.batch_size,
+                                        workers=plan.steps["full"].workers))  # fmt: skip
+            splits.append(np.full(len(dataset), split))
+        if accelerator.is_main_process:
+            path = out / f"scale_{scale:g}.npz"
+            partial = path.with_name(f"partial_{path.name}")
+            np.savez(partial, split=np.concatenate(splits), **stack_caches(caches))
+            partial.replace(path)
+            print(f"{plan.name}: scale {scale:g}, ten {size} px views -> {path}")
+
+
+if __name__ == "__main__":
+    report_expected_errors(main)

@@ -1,0 +1,62 @@
+"""DVC stage `register`: the tuned ensemble as an MLflow pyfunc model, a new version of
+`noisytail-ensemble` with the alias `champion`, tagged with each member's registered version.
+
+    mlflow models serve -m models:/noisytail-ensemble@champion -h 127.0.0.1 -p 5001 \
+        --env-manager local
+    noisytail predict image.png ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from noisytail.config import from_mapping, load_params
+from noisytail.data.manifest import read_manifest
+from noisytail.errors import report_expected_errors
+from noisytail.members import member_plan
+from noisytail.params import load_checked_params
+from noisytail.serving import log_ensemble
+from noisytail.test_time import TTAConfig
+from noisytail.tracking import RunTracker, latest_version
+
+PREPARED = "data/prepared/manifest.parquet"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tuned", default="tuned.yaml")
+    parser.add_argument("--name", default="noisytail-ensemble")
+    parser.add_argument("--alias", default="champion")
+    parser.add_argument("--out", default="metrics/registered.json")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    params = load_checked_params(args.params)
+    tuned = load_params(args.tuned)["members"]
+    tta = from_mapping(TTAConfig, params.get("test_time"), "test_time")
+    spec = {
+        "members": [{"name": m, **{k: tuned[m][k] for k in ("tau", "scale", "mode", "weight")}}
+                    for m in tuned],
+        "classes": list(read_manifest(PREPARED).classes),
+        "top": (params.get("tuning") or {}).get("top", 10),
+        "view_top_k": tta.top_k,
+    }  # fmt: skip
+    dirs = {m: member_plan(params, m).step_dir("balance") for m in tuned}
+    tracking = params.get("tracking") or {}
+    run = RunTracker(tracking.get("experiment", "noisytail"), "ensemble/register",
+                     uri=tracking.get("uri", ""), tags={"kind": "ensemble"})  # fmt: skip
+    tags = {f"member.{m}": f"noisytail-{m}/{latest_version(f'noisytail-{m}') or '-'}"
+            for m in tuned}  # fmt: skip
+    version = log_ensemble(spec, dirs, args.name, args.alias, tags)
+    run.end()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"name": args.name, "version": version,
+                                          "alias": args.alias, "run_id": run.run_id,
+                                          "members": tags}, indent=1))  # fmt: skip
+    print(f"registered {args.name} version {version} as @{args.alias}")
+
+
+if __name__ == "__main__":
+    report_expected_errors(main)

@@ -1,0 +1,157 @@
+"""The ensemble as an MLflow pyfunc model: registered with the alias ``champion``, served by
+``mlflow models serve``, and used by ``noisytail predict``.
+
+No pickled Python objects: the model is logged "from code" (``serving_model.py`` names the
+class), and its artifacts are the members' safetensors with their model.json and one
+``ensemble.json`` (per member: tau, TTA scale and mode, weight; the class names; top; the
+per-view top-K of the tuning cache). The members are rebuilt with timm in ``load_context``.
+
+Input: a DataFrame with an ``image`` column (base64-encoded image file bytes, as JSON carries
+them) or a ``path`` column. Output: per image the top-5 classes and probabilities.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from noisytail.ensemble import ensemble_top_k, merge_top_k
+from noisytail.models.network import load_network
+from noisytail.prediction import model_view
+from noisytail.test_time import (
+    TTA_MODES,
+    classifier_weights,
+    enlarged_transform,
+    tau_probabilities,
+    view_logits,
+)
+
+SPEC_FILE = "ensemble.json"
+ENTRY = Path(__file__).with_name("serving_model.py")
+
+
+class EnsemblePredictor:
+    """The tuned ensemble over member folders (each: model.safetensors + model.json)."""
+
+    def __init__(self, spec: Mapping, member_dirs: Mapping[str, str | os.PathLike]) -> None:
+        self.spec, self.members = spec, []
+        for member in spec["members"]:
+            model, classes = load_network(Path(member_dirs[member["name"]]) / "model.safetensors")
+            if list(classes) != list(spec["classes"]):
+                raise ValueError(f"member {member['name']}: its classes differ from the ensemble's")
+            size, view = model_view(model)
+            transform = enlarged_transform(size, model.config.in_chans, view, member["scale"])
+            self.members.append((member, model.eval(), transform, size))
+
+    def predict_arrays(self, images: Sequence[np.ndarray], k: int = 5):
+        """``images``: H x W x C uint8 arrays (any size; grey or colour as each member needs)."""
+        lists = []
+        for member, model, transform, size in self.members:
+            channels = model.config.in_chans
+            batch = torch.stack([transform(image=_channels(i, channels))["image"] for i in images])
+            logit = view_logits(model, batch, size).numpy()
+            views = list(TTA_MODES[member["mode"]])
+            top = min(self.spec["view_top_k"], logit.shape[2])  # as the tuning cache held
+            index = np.argsort(-logit[:, views], axis=2, kind="stable")[:, :, :top]
+            values = np.take_along_axis(logit[:, views], index, axis=2)
+            weight = classifier_weights(model)
+            norm = (
+                np.ones(logit.shape[2]) if weight is None else weight.norm(dim=1).detach().numpy()
+            )
+            prob = tau_probabilities(values, index, norm, member["tau"]) / len(views)
+            lists.append(merge_top_k(index.reshape(len(images), -1),
+                                     prob.reshape(len(images), -1), self.spec["top"]))  # fmt: skip
+        weights = [m["weight"] for m, *_ in self.members]
+        return ensemble_top_k(lists, weights, k=k, top=self.spec["top"])
+
+    def predict_frame(self, images: Sequence[np.ndarray], k: int = 5) -> pd.DataFrame:
+        index, prob = self.predict_arrays(images, k)
+        classes = self.spec["classes"]
+        table = pd.DataFrame(index=range(len(images)))
+        for rank in range(k):
+            table[f"class_{rank + 1}"] = [classes[c] if c >= 0 else "" for c in index[:, rank]]
+            table[f"prob_{rank + 1}"] = prob[:, rank].astype(float)
+        return table
+
+
+def _channels(image: np.ndarray, channels: int) -> np.ndarray:
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] == channels:
+        return image
+    if channels == 1:  # colour -> grey, as PIL's "L"
+        grey = image[..., :3] @ np.array([0.299, 0.587, 0.114])
+        return grey.round().clip(0, 255).astype(np.uint8)[..., None]
+    return np.repeat(image[..., :1], 3, axis=2)
+
+
+def decode_image(data: bytes | str) -> np.ndarray:
+    """An image file's bytes (or their base64 text) -> H x W x C uint8."""
+    raw = base64.b64decode(data) if isinstance(data, str) else data
+    with Image.open(io.BytesIO(raw)) as image:
+        array = np.asarray(image.convert("L") if image.mode in ("L", "LA", "1") else
+                           image.convert("RGB"))  # fmt: skip
+    return array
+
+
+class EnsembleModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc wrapper: rebuilds the predictor from the artifacts."""
+
+    def load_context(self, context) -> None:
+        spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
+        dirs = {m["name"]: context.artifacts[f"member_{m['name']}"] for m in spec["members"]}
+        self.predictor = EnsemblePredictor(spec, dirs)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if "image" in model_input:
+            images = [decode_image(v) for v in model_input["image"]]
+        elif "path" in model_input:
+            images = [decode_image(Path(p).read_bytes()) for p in model_input["path"]]
+        else:
+            raise ValueError("input needs an 'image' column (base64 image bytes) or 'path'")
+        return self.predictor.predict_frame(images)
+
+
+def log_ensemble(
+    spec: Mapping, member_dirs: Mapping[str, str | os.PathLike], name: str, alias: str,
+    tags: Mapping[str, str],
+) -> str:  # fmt: skip
+    """Log the ensemble as a pyfunc model in the active run and register it as a new version of
+    ``name`` with ``alias``; returns the version."""
+    with tempfile.TemporaryDirectory() as staging:
+        artifacts = {"ensemble": str(Path(staging) / SPEC_FILE)}
+        Path(artifacts["ensemble"]).write_text(json.dumps(spec, indent=1))
+        for member, folder in member_dirs.items():
+            target = Path(staging) / member
+            target.mkdir()
+            for file in ("model.safetensors", "model.json"):  # not the training checkpoints
+                shutil.copy(Path(folder) / file, target / file)
+            artifacts[f"member_{member}"] = str(target)
+        info = mlflow.pyfunc.log_model(
+            name="ensemble", python_model=str(ENTRY), artifacts=artifacts,
+            code_paths=[str(Path(__file__).parent)], registered_model_name=name,
+            pip_requirements=["torch", "timm", "albumentations", "pandas", "pillow"],
+        )  # fmt: skip
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def load_champion(name: str = "noisytail-ensemble", alias: str = "champion"):
+    """The pyfunc model the registry's alias points at."""
+    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")

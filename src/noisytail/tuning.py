@@ -1,0 +1,148 @@
+"""Optuna studies over the test-time settings, on validation only; every trial an MLflow run.
+
+Three studies, each minimising validation mean class error on cached predictions (no forward
+pass inside a trial): (1) tau per member (seeded TPE), (2) the TTA scale and mode per member
+among the cached ones (exhaustive: a handful of combinations), (3) the members' ensemble weights
+on the simplex (seeded TPE over unnormalised weights, normalised in the objective). Studies live
+in persistent storage (default ``sqlite:///optuna.db``, or any RDB URL so that several workers
+share one); a study that already holds its trials is not re-run, a partial one is completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+
+from noisytail.config import check_range
+from noisytail.ensemble import ensemble_top_k
+from noisytail.metrics import classification_report
+from noisytail.test_time import TTA_MODES, tta_top_k
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """``tuning:`` in params.yaml."""
+
+    storage: str = "sqlite:///optuna.db"
+    seed: int = 0
+    tau_trials: int = 20
+    tau_max: float = 1.5
+    weight_trials: int = 40
+    top: int = 10  # each member's top-`top` enters the ensemble
+
+    def __post_init__(self) -> None:
+        for name in ("tau_trials", "weight_trials", "top"):
+            check_range(f"tuning.{name}", getattr(self, name), 1)
+        check_range("tuning.tau_max", self.tau_max, 0)
+
+
+def mean_class_error(top1: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    return classification_report(top1, labels, num_classes)["mean_class_error"]
+
+
+TrialLogger = Callable[[str, int, Mapping[str, float], float], None]
+
+
+def run_study(
+    name: str,
+    objective: Callable[[optuna.Trial], float],
+    trials: int,
+    config: TuningConfig,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    log_trial: TrialLogger | None = None,
+) -> optuna.Study:
+    """Create (or load) study ``name`` in ``config.storage`` and run it to ``trials`` finished
+    trials; ``log_trial(study, number, params, value)`` after each new one."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    study = optuna.create_study(
+        study_name=name, storage=config.storage, direction="minimize", load_if_exists=True,
+        sampler=sampler or optuna.samplers.TPESampler(seed=config.seed),
+    )  # fmt: skip
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    def logged(trial: optuna.Trial) -> float:
+        value = objective(trial)
+        if log_trial is not None:
+            log_trial(name, trial.number, trial.params, value)
+        return value
+
+    if len(done) < trials:
+        study.optimize(logged, n_trials=trials - len(done))
+    return study
+
+
+def tune_tau(
+    name: str,
+    cache: Mapping[str, np.ndarray],
+    num_classes: int,
+    config: TuningConfig,
+    log_trial: TrialLogger | None = None,
+) -> float:
+    """The tau (0 .. tau_max) of one member: centre view at scale 1, validation error."""
+
+    def objective(trial: optuna.Trial) -> float:
+        index, _ = tta_top_k(cache, trial.suggest_float("tau", 0.0, config.tau_max), "none")
+        return mean_class_error(index[:, 0], cache["label"], num_classes)
+
+    return run_study(name, objective, config.tau_trials, config, log_trial=log_trial).best_params[
+        "tau"
+    ]
+
+
+def tune_tta(
+    name: str,
+    caches: Mapping[str, Mapping[str, np.ndarray]],
+    tau: float,
+    num_classes: int,
+    config: TuningConfig,
+    log_trial: TrialLogger | None = None,
+) -> tuple[str, str]:
+    """The (scale, mode) of one member among its cached scales (``caches``: scale -> cache)."""
+    scales = sorted(caches)
+    combinations = len(scales) * len(TTA_MODES)
+
+    def objective(trial: optuna.Trial) -> float:
+        scale = trial.suggest_categorical("scale", scales)
+        mode = trial.suggest_categorical("mode", list(TTA_MODES))
+        index, _ = tta_top_k(caches[scale], tau, mode)
+        return mean_class_error(index[:, 0], caches[scale]["label"], num_classes)
+
+    with warnings.catch_warnings():  # "experimental" since optuna 3.1; exhaustive is the point
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.BruteForceSampler(seed=config.seed)
+    best = run_study(name, objective, combinations, config, sampler, log_trial).best_params
+    return best["scale"], best["mode"]
+
+
+def tune_weights(
+    name: str,
+    members: Sequence[tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    num_classes: int,
+    config: TuningConfig,
+    log_trial: TrialLogger | None = None,
+) -> list[float]:
+    """Ensemble weights on the simplex (each member's top lists as tuned, validation)."""
+
+    def weights_of(params: Mapping[str, float]) -> list[float]:
+        raw = np.array([params[f"w{m}"] for m in range(len(members))])
+        return (raw / raw.sum()).tolist() if raw.sum() > 0 else [1 / len(members)] * len(members)
+
+    def objective(trial: optuna.Trial) -> float:
+        raw = {f"w{m}": trial.suggest_float(f"w{m}", 0.0, 1.0) for m in range(len(members))}
+        index, _ = ensemble_top_k(members, weights_of(raw), k=1, top=config.top)
+        return mean_class_error(index[:, 0], labels, num_classes)
+
+    study = optuna.create_study(storage=config.storage, study_name=name, load_if_exists=True,
+                                direction="minimize",
+                                sampler=optuna.samplers.TPESampler(seed=config.seed))  # fmt: skip
+    if not study.trials:  # start from equal weights: the ensemble TPE must beat
+        study.enqueue_trial({f"w{m}": 1.0 for m in range(len(members))})
+    study = run_study(name, objective, config.weight_trials, config, log_trial=log_trial)
+    return weights_of(study.best_params)

@@ -1,0 +1,115 @@
+"""tau-normalisation on cached logits and ten-crop TTA against direct forward passes."""
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import tiny_manifest
+from torchvision.transforms.v2.functional import ten_crop
+
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.transforms import AugmentConfig, eval_transform
+from noisytail.models.heads import tau_normalize
+from noisytail.models.network import ModelConfig, build_network
+from noisytail.test_time import (
+    TTA_MODES,
+    enlarged_transform,
+    predict_views,
+    tau_probabilities,
+    tta_top_k,
+)
+
+ZOOM = AugmentConfig(crop="zoom", margin=0.125)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    manifest = tiny_manifest(tmp_path_factory.mktemp("tt"), per_class=(6, 5, 4))
+    torch.manual_seed(0)
+    model = build_network(ModelConfig(backbone="test_resnet", embedding_dim=0, bnneck=False,
+                                      in_chans=3), manifest.num_classes).eval()  # fmt: skip
+    with torch.no_grad():  # unequal class norms and a bias, so that tau and the bias matter
+        model.head.weight.mul_(torch.tensor([[0.5], [1.0], [3.0]]))
+        model.head.bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    dataset = ImageDataset.from_manifest(manifest, "train",
+                                         enlarged_transform(32, 3, ZOOM, 1.0))  # fmt: skip
+    cache = predict_views(model, dataset, 32, Accelerator(cpu=True), top_k=3, workers=0)
+    plain = ImageDataset.from_manifest(manifest, "train", eval_transform(32, 3, ZOOM))
+    images = torch.stack([plain[i][0] for i in range(len(plain))])
+    return model, cache, images
+
+
+def softmax(x):
+    return torch.softmax(x, dim=1).numpy()
+
+
+def dense(index, prob, classes=3):
+    out = np.zeros((len(index), classes))
+    np.put_along_axis(out, index, prob, axis=1)
+    return out
+
+
+def test_tau_zero_is_the_plain_classifier_without_its_bias(setup):
+    model, cache, images = setup
+    with torch.no_grad():
+        expected = softmax(model.features(images) @ model.head.weight.T)
+        with_bias = softmax(model(images))
+    index, prob = tta_top_k(cache, tau=0.0, mode="none", top=3)
+    np.testing.assert_allclose(dense(index, prob), expected, atol=1e-5)
+    assert not np.allclose(expected, with_bias, atol=1e-3)  # the bias did matter
+    index, prob = tta_top_k(cache, tau=None, mode="none", top=3)  # the classifier as trained
+    np.testing.assert_allclose(dense(index, prob), with_bias, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0])
+def test_rescaled_cache_equals_a_forward_pass_with_normalised_weights(setup, tau):
+    model, cache, images = setup
+    with torch.no_grad():
+        weight = tau_normalize(model.head.weight, tau)
+        expected = softmax(model.features(images) @ weight.T)
+    index, prob = tta_top_k(cache, tau=tau, mode="none", top=3)
+    np.testing.assert_allclose(dense(index, prob), expected, atol=1e-5)
+    untouched = dense(*tta_top_k(cache, tau=0.0, mode="none", top=3))
+    assert not np.allclose(expected, untouched, atol=1e-3)
+
+
+def test_flip_and_ten_crop_average_their_views(setup):
+    cache = setup[1]
+    views = cache["index"], cache["logit"]
+    probs = tau_probabilities(views[1], views[0], cache["norm"], 0.0)
+    per_view = np.stack([dense(views[0][:, v], probs[:, v]) for v in range(10)], axis=1)
+    for mode, chosen in TTA_MODES.items():
+        index, prob = tta_top_k(cache, tau=0.0, mode=mode, top=3)
+        np.testing.assert_allclose(dense(index, prob), per_view[:, list(chosen)].mean(1),
+                                   atol=1e-6)  # fmt: skip
+
+
+def test_ten_crop_geometry_on_a_hand_made_image():
+    """Scale 1.5 of a zoom view at 8 px: resize to round(1.5 * 9) = 14, then crops of 8 at the
+    corners and the centre, and the same of the mirrored image."""
+    transform = enlarged_transform(8, 1, AugmentConfig(crop="zoom", margin=0.125), 1.5)
+    ramp = np.tile(np.arange(14, dtype=np.uint8)[None, :, None] * 10, (14, 1, 1))
+    image = transform(image=ramp)["image"]
+    assert image.shape == (1, 14, 14)
+    views = ten_crop(image[None], [8, 8])
+    columns = [v[0, 0, 0].argsort().tolist() for v in views]  # ramp: left-to-right order
+    first = [v[0, 0, 0, 0].item() for v in views]
+    left, right, centre = image[0, 0, 0].item(), image[0, 0, 6].item(), image[0, 0, 3].item()
+    assert first[0] == first[2] == left and first[1] == first[3] == right
+    assert first[4] == centre
+    assert columns[4] == list(range(8)) and columns[9] == list(range(7, -1, -1))  # mirrored
+
+
+def test_scale_one_centre_view_is_the_standard_evaluation(setup):
+    model, cache, images = setup
+    with torch.no_grad():
+        logits = model.features(images) @ model.head.weight.T
+    top = logits.topk(3, dim=1)
+    np.testing.assert_allclose(cache["logit"][:, 4], top.values.numpy(), atol=1e-5)
+    assert (cache["index"][:, 4] == top.indices.numpy()).all()
+    np.testing.assert_allclose(cache["norm"], model.head.weight.norm(dim=1).detach().numpy())
+
+
+def test_an_unknown_mode_is_named(setup):
+    with pytest.raises(ValueError, match="TTA mode must be one of"):
+        tta_top_k(setup[1], 0.0, "five_crop")
