@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -130,6 +131,17 @@ def log_ensemble(
 ) -> str:  # fmt: skip
     """Log the ensemble as a pyfunc model in the active run and register it as a new version of
     ``name`` with ``alias``; returns the version."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    if not sys.stderr.isatty():  # MLflow's own download bars: one line per frame in a log
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image", required=False),
+                       ColSpec("string", "path", required=False)]),
+        outputs=Schema([ColSpec(kind, f"{field}_{rank}") for rank in range(1, 6)
+                        for field, kind in (("class", "string"), ("prob", "double"))]),
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as staging:
         artifacts = {"ensemble": str(Path(staging) / SPEC_FILE)}
         Path(artifacts["ensemble"]).write_text(json.dumps(spec, indent=1))
@@ -142,6 +154,7 @@ def log_ensemble(
         info = mlflow.pyfunc.log_model(
             name="ensemble", python_model=str(ENTRY), artifacts=artifacts,
             code_paths=[str(Path(__file__).parent)], registered_model_name=name,
+            signature=signature,
             pip_requirements=["torch", "timm", "albumentations", "pandas", "pillow"],
         )  # fmt: skip
     client = mlflow.MlflowClient()
