@@ -18,7 +18,7 @@ from noisytail.config import from_mapping
 from noisytail.errors import report_expected_errors
 from noisytail.params import load_checked_params
 from noisytail.test_time import TTAConfig, load_views, tta_top_k
-from noisytail.tracking import RunTracker, log_child_run
+from noisytail.tracking import GroupedChildRuns, RunTracker
 from noisytail.tuning import TuningConfig, tune_tau, tune_tta, tune_weights
 
 
@@ -51,8 +51,10 @@ def main() -> None:
                      tags={"kind": "tuning", "optuna_storage": config.storage})  # fmt: skip
     run.log_params({"tuning": vars(config) | {"inputs": key}, "scales": list(scales)})
 
+    study_runs = GroupedChildRuns()  # tune -> one run per study -> one run per trial
+
     def log_trial(study: str, number: int, trial_params: dict, value: float) -> None:
-        log_child_run(f"{study}/trial_{number}", trial_params, {"val_mean_class_error": value})
+        study_runs.log(study, f"trial_{number}", trial_params, {"val_mean_class_error": value})
 
     tuned: dict = {"members": {}, "studies": {"storage": config.storage, "inputs": key}}
     for name in names:
@@ -70,6 +72,7 @@ def main() -> None:
     ]  # fmt: skip
     weights = tune_weights(f"ensemble/weights/{key}", member_lists, labels, num_classes, config,
                            log_trial)  # fmt: skip
+    study_runs.close()
     for name, weight in zip(names, weights):
         tuned["members"][name]["weight"] = round(float(weight), 4)
     print("weights: " + ", ".join(f"{m} {w:.3f}" for m, w in zip(names, weights)))

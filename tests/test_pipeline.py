@@ -203,6 +203,19 @@ def check_test_time(root, env):
 
     import mlflow
 
+    # MLflow: tune -> a run per study -> a run per trial
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("pipeline-test").experiment_id
+    (tune,) = client.search_runs([experiment], "attributes.run_name = 'tune'")
+    studies = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{tune.info.run_id}'")
+    assert len(studies) == 2 * len(QUICK["members"]) + 1  # tau and TTA per member, weights
+    tau_study = next(r for r in studies if r.info.run_name.startswith("resnet_r2/tau/"))
+    trials = client.search_runs([experiment],
+                                f"tags.mlflow.parentRunId = '{tau_study.info.run_id}'")  # fmt: skip
+    assert len(trials) == QUICK["tuning"]["tau_trials"]
+    assert all("val_mean_class_error" in t.data.metrics and "tau" in t.data.params
+               for t in trials)  # fmt: skip
+
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     champion = mlflow.MlflowClient().get_model_version_by_alias("noisytail-ensemble", "champion")
     assert champion.tags["member.resnet_r2"].startswith("noisytail-resnet_r2/")

@@ -41,8 +41,10 @@ def test_tau_undoes_the_norm_bias_and_trials_are_logged(tmp_path):
     # stored: the study is there for optuna-dashboard / `optuna trials`, and not re-run
     study = optuna.load_study(study_name="tau", storage=config.storage)
     assert len(study.trials) == 25
-    tune_tau("tau", cache(), 4, config, lambda *a: logged.append(a))
-    assert len(logged) == 25
+    again = []  # run again: no new trial, and the stored ones are reported again
+    assert tune_tau("tau", cache(), 4, config, lambda *a: again.append(a)) == tau
+    assert len(optuna.load_study(study_name="tau", storage=config.storage).trials) == 25
+    assert again == logged
 
 
 def test_tta_tries_every_scale_and_mode(tmp_path):

@@ -208,3 +208,30 @@ def latest_version(name: str) -> str | None:
 
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
     return max((v.version for v in versions), key=int, default=None)
+
+
+class GroupedChildRuns:
+    """Child runs of the active run, grouped under one nested run per group: an Optuna study's
+    run holding a run per trial."""
+
+    def __init__(self) -> None:
+        self.group: str | None = None
+
+    def log(self, group: str, name: str, params: Mapping[str, Any],
+            metrics: Mapping[str, float]) -> None:  # fmt: skip
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        if group != self.group:
+            self.close()
+            mlflow.start_run(run_name=group, nested=True, tags={"kind": "optuna_study"})
+            self.group = group
+        log_child_run(name, params, metrics)
+
+    def close(self) -> None:
+        import mlflow
+
+        if self.group is not None:
+            mlflow.end_run()
+            self.group = None

@@ -57,23 +57,21 @@ def run_study(
     log_trial: TrialLogger | None = None,
 ) -> optuna.Study:
     """Create (or load) study ``name`` in ``config.storage`` and run it to ``trials`` finished
-    trials; ``log_trial(study, number, params, value)`` after each new one."""
+    trials; then ``log_trial(study, number, params, value)`` for each finished trial (those of
+    an earlier run of the study too, so that this run's record is whole)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     study = optuna.create_study(
         study_name=name, storage=config.storage, direction="minimize", load_if_exists=True,
         sampler=sampler or optuna.samplers.TPESampler(seed=config.seed),
     )  # fmt: skip
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-
-    def logged(trial: optuna.Trial) -> float:
-        value = objective(trial)
-        if log_trial is not None:
-            log_trial(name, trial.number, trial.params, value)
-        return value
-
+    complete = optuna.trial.TrialState.COMPLETE
+    done = [t for t in study.trials if t.state == complete]
     if len(done) < trials:
-        study.optimize(logged, n_trials=trials - len(done))
+        study.optimize(objective, n_trials=trials - len(done))
+    for trial in study.trials:
+        if trial.state == complete and log_trial is not None:
+            log_trial(name, trial.number, trial.params, trial.value)
     return study
 
 
