@@ -24,7 +24,7 @@ from noisytail.errors import report_expected_errors
 from noisytail.metrics import classification_report, per_class_recall
 from noisytail.params import load_checked_params
 from noisytail.plots import accuracy_by_frequency
-from noisytail.test_time import TTAConfig, load_views, tta_top_k
+from noisytail.test_time import TTAConfig, load_views, split_rows, tta_top_k
 
 PREPARED = "data/prepared/manifest.parquet"
 
@@ -62,9 +62,11 @@ def main() -> None:
     manifest = read_manifest(PREPARED)
     counts = manifest.class_counts("train", "true_label" if manifest.fully_verified else "label")
     names = list(tuned)
-    report, per_class, lists = {}, {}, {}
+    stored = {m: load_views(Path(args.views) / m, scales) for m in names}  # read once
+    report, per_class, lists, sample_ids = {}, {}, {}, None
     for split in ("val", "test"):
-        views = {m: load_views(Path(args.views) / m, scales, split=split) for m in names}
+        views = {m: {s: split_rows(c, split) for s, c in stored[m].items()} for m in names}
+        sample_ids = next(iter(views[names[0]].values()))["sample_id"]
         labels = next(iter(views[names[0]].values()))["label"]
         rows, lists[split] = score_rows(views, tuned, f"{scales[0]:g}", top)
         for row, index in rows.items():
@@ -76,8 +78,7 @@ def main() -> None:
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(report, indent=1))
     index, prob = lists["test"]
-    sample_ids = next(iter(load_views(Path(args.views) / names[0], scales[:1], "test").values()))
-    table = pd.DataFrame({"sample_id": sample_ids["sample_id"]})
+    table = pd.DataFrame({"sample_id": sample_ids})  # the test split's, the loop's last
     for rank in range(5):
         table[f"class_{rank + 1}"] = [manifest.classes[c] if c >= 0 else "" for c in index[:, rank]]
         table[f"prob_{rank + 1}"] = np.round(prob[:, rank], 5)

@@ -24,8 +24,9 @@ from noisytail.tuning import TuningConfig, tune_tau, tune_tta, tune_weights
 
 def digest(paths: list[Path], config: TuningConfig) -> str:
     text = hashlib.sha256(repr(config).encode())
-    for path in paths:
-        text.update(hashlib.sha256(path.read_bytes()).digest())
+    for path in paths:  # streamed: a cache at scale is gigabytes
+        with open(path, "rb") as file:
+            text.update(hashlib.file_digest(file, "sha256").digest())
     return text.hexdigest()[:10]
 
 

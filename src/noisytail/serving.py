@@ -28,16 +28,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from noisytail.ensemble import ensemble_top_k, merge_top_k
+from noisytail.ensemble import ensemble_top_k
 from noisytail.models.network import load_network
 from noisytail.prediction import model_view
-from noisytail.test_time import (
-    TTA_MODES,
-    classifier_weights,
-    enlarged_transform,
-    tau_probabilities,
-    view_logits,
-)
+from noisytail.test_time import classifier_terms, enlarged_transform, tta_top_k, view_logits
 
 SPEC_FILE = "ensemble.json"
 ENTRY = Path(__file__).with_name("serving_model.py")
@@ -56,29 +50,25 @@ class EnsemblePredictor:
             transform = enlarged_transform(size, model.config.in_chans, view, member["scale"])
             self.members.append((member, model.eval(), transform, size))
 
-    def predict_arrays(self, images: Sequence[np.ndarray], k: int = 5):
-        """``images``: H x W x C uint8 arrays (any size; grey or colour as each member needs)."""
+    def predict_images(self, images: Sequence[Image.Image], k: int = 5):
+        """Each image as every member sees it (converted to its channels as in training,
+        ``data.dataset.load_image``), reduced as the tuning cache was, then ensembled."""
         lists = []
         for member, model, transform, size in self.members:
-            channels = model.config.in_chans
-            batch = torch.stack([transform(image=_channels(i, channels))["image"] for i in images])
-            logit = view_logits(model, batch, size).numpy()
-            views = list(TTA_MODES[member["mode"]])
-            top = min(self.spec["view_top_k"], logit.shape[2])  # as the tuning cache held
-            index = np.argsort(-logit[:, views], axis=2, kind="stable")[:, :, :top]
-            values = np.take_along_axis(logit[:, views], index, axis=2)
-            weight = classifier_weights(model)
-            norm = (
-                np.ones(logit.shape[2]) if weight is None else weight.norm(dim=1).detach().numpy()
-            )
-            prob = tau_probabilities(values, index, norm, member["tau"]) / len(views)
-            lists.append(merge_top_k(index.reshape(len(images), -1),
-                                     prob.reshape(len(images), -1), self.spec["top"]))  # fmt: skip
+            mode = "L" if model.config.in_chans == 1 else "RGB"
+            arrays = [np.asarray(image.convert(mode)) for image in images]
+            batch = torch.stack([transform(image=a[..., None] if a.ndim == 2 else a)["image"]
+                                 for a in arrays])  # fmt: skip
+            top = min(self.spec["view_top_k"], model.num_classes)  # as the tuning cache held
+            value, index = view_logits(model, batch, size).topk(top, dim=2)
+            cache = {"index": index.numpy().astype(np.int32), "logit": value.numpy(),
+                     **classifier_terms(model)}  # fmt: skip
+            lists.append(tta_top_k(cache, member["tau"], member["mode"], self.spec["top"]))
         weights = [m["weight"] for m, *_ in self.members]
         return ensemble_top_k(lists, weights, k=k, top=self.spec["top"])
 
-    def predict_frame(self, images: Sequence[np.ndarray], k: int = 5) -> pd.DataFrame:
-        index, prob = self.predict_arrays(images, k)
+    def predict_frame(self, images: Sequence[Image.Image], k: int = 5) -> pd.DataFrame:
+        index, prob = self.predict_images(images, k)
         classes = self.spec["classes"]
         table = pd.DataFrame(index=range(len(images)))
         for rank in range(k):
@@ -87,24 +77,12 @@ class EnsemblePredictor:
         return table
 
 
-def _channels(image: np.ndarray, channels: int) -> np.ndarray:
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[2] == channels:
-        return image
-    if channels == 1:  # colour -> grey, as PIL's "L"
-        grey = image[..., :3] @ np.array([0.299, 0.587, 0.114])
-        return grey.round().clip(0, 255).astype(np.uint8)[..., None]
-    return np.repeat(image[..., :1], 3, axis=2)
-
-
-def decode_image(data: bytes | str) -> np.ndarray:
-    """An image file's bytes (or their base64 text) -> H x W x C uint8."""
+def decode_image(data: bytes | str) -> Image.Image:
+    """An image file's bytes (or their base64 text), decoded."""
     raw = base64.b64decode(data) if isinstance(data, str) else data
     with Image.open(io.BytesIO(raw)) as image:
-        array = np.asarray(image.convert("L") if image.mode in ("L", "LA", "1") else
-                           image.convert("RGB"))  # fmt: skip
-    return array
+        image.load()
+        return image.copy()
 
 
 class EnsembleModel(mlflow.pyfunc.PythonModel):
@@ -163,8 +141,3 @@ def log_ensemble(
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, alias, version)
     return version
-
-
-def load_champion(name: str = "noisytail-ensemble", alias: str = "champion"):
-    """The pyfunc model the registry's alias points at."""
-    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")

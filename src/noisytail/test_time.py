@@ -70,6 +70,24 @@ def classifier_weights(model: NoisyTailNet) -> torch.Tensor | None:
     return head.weight if isinstance(head, nn.Linear) else None
 
 
+def classifier_terms(model: NoisyTailNet) -> dict[str, np.ndarray]:
+    """The class weight norms (tau divides by their power) and the bias (the classifier as
+    trained adds it); ones and zeros for heads tau does not apply to."""
+    weight = classifier_weights(model)
+    if weight is None:
+        ones = np.ones(model.num_classes, np.float32)
+        return {"norm": ones, "bias": np.zeros_like(ones)}
+    bias = getattr(model.head, "bias", None)
+    return {
+        "norm": weight.detach().norm(dim=1).float().cpu().numpy(),
+        "bias": (
+            bias.detach().float().cpu().numpy()
+            if bias is not None
+            else np.zeros(model.num_classes, np.float32)
+        ),  # fmt: skip
+    }
+
+
 @torch.no_grad()
 def view_logits(model: NoisyTailNet, images: torch.Tensor, crop: int) -> torch.Tensor:
     """n x 10 x C bias-free logits of the ten ``crop``-sized views of each enlarged image."""
@@ -94,7 +112,6 @@ def predict_views(
     """Per sample and each of the ten views: the top-``top_k`` bias-free logits and their
     classes; plus the class weight norms. ``dataset`` yields the enlarged images."""
     model = model.to(accelerator.device).eval()
-    weight = classifier_weights(model)
     top_k = min(top_k, model.num_classes)
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, num_workers=workers))
     rows, indices, logits = [], [], []
@@ -107,19 +124,12 @@ def predict_views(
         indices.append(gathered[1].cpu().numpy().astype(np.int32))
         logits.append(gathered[2].cpu().numpy().astype(np.float32))
     order = np.argsort(np.concatenate(rows), kind="stable")
-    norms = weight.norm(dim=1) if weight is not None else torch.ones(model.num_classes)
-    bias = getattr(model.head, "bias", None) if weight is not None else None
     return {
         "sample_id": np.asarray(dataset.sample_ids),
         "label": dataset.labels.numpy(),
         "index": np.concatenate(indices)[order],
         "logit": np.concatenate(logits)[order],
-        "norm": norms.float().cpu().numpy(),
-        "bias": (
-            bias.float().cpu().numpy()
-            if bias is not None
-            else np.zeros(model.num_classes, np.float32)
-        ),  # fmt: skip
+        **classifier_terms(model),
     }
 
 
@@ -174,8 +184,11 @@ def load_views(
             raise FileNotFoundError(f"{path} is missing: run the member_views stage")
         with np.load(path) as stored:
             data = {k: stored[k] for k in stored.files}
-        if split is not None:
-            keep = data.pop("split") == split
-            data = {k: v if k in ("norm", "bias") else v[keep] for k, v in data.items()}
-        caches[f"{scale:g}"] = data
+        caches[f"{scale:g}"] = data if split is None else split_rows(data, split)
     return caches
+
+
+def split_rows(cache: dict[str, np.ndarray], split: str) -> dict[str, np.ndarray]:
+    """The rows of one split of a cache (the per-class arrays are shared)."""
+    keep = cache["split"] == split
+    return {k: v if k in ("norm", "bias") else v[keep] for k, v in cache.items() if k != "split"}

@@ -55,6 +55,7 @@ def run_study(
     config: TuningConfig,
     sampler: optuna.samplers.BaseSampler | None = None,
     log_trial: TrialLogger | None = None,
+    first_trial: Mapping[str, float] | None = None,
 ) -> optuna.Study:
     """Create (or load) study ``name`` in ``config.storage`` and run it to ``trials`` finished
     trials; then ``log_trial(study, number, params, value)`` for each finished trial (those of
@@ -65,6 +66,8 @@ def run_study(
         study_name=name, storage=config.storage, direction="minimize", load_if_exists=True,
         sampler=sampler or optuna.samplers.TPESampler(seed=config.seed),
     )  # fmt: skip
+    if first_trial is not None and not study.trials:  # a known-good start for the sampler
+        study.enqueue_trial(dict(first_trial))
     complete = optuna.trial.TrialState.COMPLETE
     done = [t for t in study.trials if t.state == complete]
     if len(done) < trials:
@@ -88,9 +91,8 @@ def tune_tau(
         index, _ = tta_top_k(cache, trial.suggest_float("tau", 0.0, config.tau_max), "none")
         return mean_class_error(index[:, 0], cache["label"], num_classes)
 
-    return run_study(name, objective, config.tau_trials, config, log_trial=log_trial).best_params[
-        "tau"
-    ]
+    study = run_study(name, objective, config.tau_trials, config, log_trial=log_trial)
+    return study.best_params["tau"]
 
 
 def tune_tta(
@@ -137,10 +139,7 @@ def tune_weights(
         index, _ = ensemble_top_k(members, weights_of(raw), k=1, top=config.top)
         return mean_class_error(index[:, 0], labels, num_classes)
 
-    study = optuna.create_study(storage=config.storage, study_name=name, load_if_exists=True,
-                                direction="minimize",
-                                sampler=optuna.samplers.TPESampler(seed=config.seed))  # fmt: skip
-    if not study.trials:  # start from equal weights: the ensemble TPE must beat
-        study.enqueue_trial({f"w{m}": 1.0 for m in range(len(members))})
-    study = run_study(name, objective, config.weight_trials, config, log_trial=log_trial)
+    equal = {f"w{m}": 1.0 for m in range(len(members))}  # the ensemble TPE must beat
+    study = run_study(name, objective, config.weight_trials, config, log_trial=log_trial,
+                      first_trial=equal)  # fmt: skip
     return weights_of(study.best_params)
