@@ -15,7 +15,7 @@ from noisytail.errors import report_expected_errors
 from noisytail.members import STEPS, member_plan, members_summary, read_member_metrics
 from noisytail.params import load_checked_params
 from noisytail.plots import member_steps
-from noisytail.tracking import adopt_children
+from noisytail.tracking import RunTracker
 
 
 def main() -> None:
@@ -47,17 +47,17 @@ def main() -> None:
         f"(test MCE {summary['best_member_test_mean_class_error']:.2f})"
     )
 
-    runs = {}
-    for name in names:
-        run_file = member_plan(params, name).step_dir("full") / "member_run_id"
-        if run_file.is_file():
-            runs[name] = run_file.read_text().strip()
+    run_files = [member_plan(params, name).step_dir("full") / "member_run_id" for name in names]
     tracking = params.get("tracking") or {}
-    metrics = {f"{r['member']}.{r['step']}.test_mean_class_error": r["test_mean_class_error"]
-               for r in rows}  # fmt: skip
     tags = {"kind": "members", "best_member": summary["best_member"]}
-    adopt_children(tracking.get("uri", ""), tracking.get("experiment", "noisytail"), "members",
-                   runs, metrics, tags, artifacts=[args.out, args.plot])  # fmt: skip
+    parent = RunTracker(tracking.get("experiment", "noisytail"), "members",
+                        uri=tracking.get("uri", ""), tags=tags)  # fmt: skip
+    parent.adopt([f.read_text().strip() for f in run_files if f.is_file()])
+    parent.log_metrics({f"{r['member']}.{r['step']}.test_mean_class_error":
+                        r["test_mean_class_error"] for r in rows})  # fmt: skip
+    parent.log_artifact(args.out)
+    parent.log_artifact(args.plot)
+    parent.end()
 
 
 if __name__ == "__main__":

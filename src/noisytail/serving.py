@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -129,12 +130,14 @@ def log_ensemble(
             for file in ("model.safetensors", "model.json"):  # not the training checkpoints
                 shutil.copy(Path(folder) / file, target / file)
             artifacts[f"member_{member}"] = str(target)
-        info = mlflow.pyfunc.log_model(
-            name="ensemble", python_model=str(ENTRY), artifacts=artifacts,
-            code_paths=[str(Path(__file__).parent)], registered_model_name=name,
-            signature=signature,
-            pip_requirements=["torch", "timm", "albumentations", "pandas", "pillow"],
-        )  # fmt: skip
+        with warnings.catch_warnings():  # the signature is given; an example image is not
+            warnings.filterwarnings("ignore", ".*An input example was not provided")
+            info = mlflow.pyfunc.log_model(
+                name="ensemble", python_model=str(ENTRY), artifacts=artifacts,
+                code_paths=[str(Path(__file__).parent)], registered_model_name=name,
+                signature=signature,
+                pip_requirements=["torch", "timm", "albumentations", "pandas", "pillow"],
+            )  # fmt: skip
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
     for key, value in tags.items():

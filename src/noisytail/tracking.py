@@ -78,12 +78,13 @@ class RunTracker:
             return
         import mlflow  # heavy: imported only where a run is logged
 
-        self.mlflow = mlflow
+        self.mlflow, self.client = mlflow, None
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation chatter
         self.uri = tracking_uri(uri)
         check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment)
+        self.client = mlflow.MlflowClient(self.uri)
         # A resumed training continues the MLflow run it started, rather than opening another.
         resume_file = Path(resume_file) if resume_file else None
         previous = resume_file.read_text().strip() if resume_file and resume_file.exists() else None
@@ -100,12 +101,12 @@ class RunTracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.enabled and not self.mlflow.get_run(self.run_id).data.params:
             flat = [self.mlflow.entities.Param(k, str(v)[:500]) for k, v in flatten(params).items()]
-            self.mlflow.MlflowClient().log_batch(self.run_id, params=flat)
+            self.client.log_batch(self.run_id, params=flat)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.enabled:
             values = {k: float(v) for k, v in metrics.items()}
-            self.mlflow.MlflowClient().log_batch(
+            self.client.log_batch(
                 self.run_id, [self.mlflow.entities.Metric(k, v, now_ms(), step or 0)
                               for k, v in values.items()],
             )  # fmt: skip
@@ -127,12 +128,12 @@ class RunTracker:
 
     def log_artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
         if self.enabled and Path(path).exists():
-            self.mlflow.MlflowClient().log_artifact(self.run_id, str(path), artifact_path=folder)
+            self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
     def log_artifacts(self, folder: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Every file of ``folder`` (a gallery, say) under ``artifact_path``."""
         if self.enabled and Path(folder).is_dir():
-            self.mlflow.MlflowClient().log_artifacts(self.run_id, str(folder), artifact_path)
+            self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
         if not self.enabled:
@@ -146,49 +147,24 @@ class RunTracker:
         the version (the registry keeps every version; aliases, not stages, pick one)."""
         if not self.enabled:
             return None
-        client = self.mlflow.MlflowClient()
         try:
-            client.get_registered_model(name)
+            self.client.get_registered_model(name)
         except self.mlflow.exceptions.MlflowException:
-            client.create_registered_model(name)
+            self.client.create_registered_model(name)
         source = f"{self.run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-        version = client.create_model_version(name, source, run_id=self.run_id, tags=dict(tags))
+        version = self.client.create_model_version(name, source, self.run_id, tags=dict(tags))
         return version.version
+
+    def adopt(self, run_ids: Sequence[str]) -> None:
+        """Nest existing runs under this one (MLflow's UI nests by the mlflow.parentRunId tag)."""
+        for run_id in run_ids if self.enabled else ():
+            self.client.set_tag(run_id, "mlflow.parentRunId", self.run_id)
 
 
 def now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
-
-
-def adopt_children(uri: str, experiment: str, parent_name: str, children: Mapping[str, str],
-                   metrics: Mapping[str, float], tags: Mapping[str, str],
-                   artifacts: Sequence[str | os.PathLike] = ()) -> str:  # fmt: skip
-    """A new run ``parent_name`` that nests the existing runs ``children`` (name -> run id, as
-    MLflow's UI nests: the ``mlflow.parentRunId`` tag) and holds ``metrics`` and ``artifacts``;
-    returns its id."""
-    import mlflow
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    uri = tracking_uri(uri)
-    check_reachable(uri)
-    client = mlflow.MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    all_tags = dict(tags)
-    commit = git_commit()
-    if commit:
-        all_tags["mlflow.source.git.commit"] = commit
-    parent = client.create_run(experiment_id, run_name=parent_name, tags=all_tags).info.run_id
-    for run_id in children.values():
-        client.set_tag(run_id, "mlflow.parentRunId", parent)
-    client.log_batch(parent, [mlflow.entities.Metric(k, float(v), now_ms(), 0)
-                              for k, v in metrics.items()])  # fmt: skip
-    for path in artifacts:
-        client.log_artifact(parent, str(path))
-    client.set_terminated(parent)
-    return parent
 
 
 def log_child_run(name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
