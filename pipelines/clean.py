@@ -25,7 +25,7 @@ from noisytail.errors import report_expected_errors
 from noisytail.gallery import DECISION_COLUMNS, write_gallery
 from noisytail.params import load_checked_params
 from noisytail.plots import confidence_histogram
-from noisytail.prediction import read_predictions
+from noisytail.prediction import read_embeddings, read_predictions
 from noisytail.tracking import RunTracker
 
 
@@ -44,13 +44,15 @@ def main() -> None:
     original = read_manifest(args.original)
     manifest = judged_samples(config, read_manifest(args.manifest), original)
     train = manifest.split("train")
-    predictions = read_predictions(args.predictions)
+    predictions = read_predictions(args.predictions, embedding=False)
     if predictions["sample_id"].tolist() != train["sample_id"].tolist():
         judged = args.original if config.judge == "all" else args.manifest
         raise ManifestError(f"{args.predictions} does not predict the training split of {judged} "
                          f"(cleaning.judge: {config.judge}); re-run the predict stage")  # fmt: skip
 
-    _, decided = judge_predictions(predictions, manifest.num_classes, config)
+    uses_neighbours = config.neighbours > 0 and config.neighbour_weight > 0
+    embeddings = read_embeddings(args.predictions) if uses_neighbours else None
+    _, decided = judge_predictions(predictions, manifest.num_classes, config, embeddings)
     cleaned = cleaned_manifest(manifest, decided)
     kept = cleaned.split("train")
 

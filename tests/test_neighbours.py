@@ -5,7 +5,12 @@ import pandas as pd
 import pytest
 
 from noisytail.errors import NoisytailError
-from noisytail.neighbours import nearest_neighbours, neighbour_smoothed
+from noisytail.neighbours import (
+    embedding_matrix,
+    nearest_neighbours,
+    neighbour_smoothed,
+    reranked,
+)
 
 
 def test_nearest_neighbours_match_brute_force_across_chunks():
@@ -90,8 +95,36 @@ def test_faiss_and_exact_agree_where_the_gaps_are_clear():
     assert approximate.shape == exact.shape == (len(points), 20)
     assert (cluster[approximate] == cluster[:, None]).all()  # all within the sample's cluster
     assert not (approximate == np.arange(len(points))[:, None]).any()  # never itself
-    overlap = [len(set(a) & set(e)) / 20 for a, e in zip(approximate, exact)]
-    assert np.mean(overlap) > 0.9  # 8-bit quantisation may swap near-ties inside a cluster
+    # the candidates are re-ranked by exact cosine: each row is in decreasing similarity
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    similarity = np.einsum("nd,nkd->nk", unit, unit[approximate])
+    assert (np.diff(similarity, axis=1) <= 1e-6).all()
+    # a cluster of exactly k + 1: the neighbour set is the rest of the cluster, a clear gap
+    points, cluster = clusters(per_cluster=21)
+    approximate = nearest_neighbours(points, 20, search="faiss", nprobe=8)
+    expected = [sorted(set(np.flatnonzero(cluster == c)) - {i}) for i, c in enumerate(cluster)]
+    assert [sorted(row) for row in approximate.tolist()] == expected
+
+
+def test_reranking_drops_the_query_and_missing_candidates():
+    embeddings = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.5, 0.5]], dtype=np.float16)
+    # query 0's candidates: itself, 2, 1, none (-1); query 1 found only itself
+    found = np.array([[0, 2, 1, -1], [1, -1, -1, -1]])
+    norms = np.linalg.norm(embeddings.astype(np.float32), axis=1)
+    picked = reranked(embeddings, norms, 0, found, 2)
+    assert picked[0].tolist() == [1, 2]  # by cosine, itself and -1 left out
+    assert picked[1].tolist() == [1, 1]  # nothing found: the query repeats itself, never -1
+
+
+def test_embeddings_given_as_an_array_match_the_column():
+    plain = table(LABELS, EMBEDDINGS, PROBS)
+    matrix = embedding_matrix(plain["embedding"], chunk=3)
+    assert matrix.dtype == np.float16 and matrix.shape == (8, 2)
+    by_column = neighbour_smoothed(plain, k=3, weight=0.5)
+    by_array = neighbour_smoothed(plain.drop(columns="embedding"), 3, 0.5, embeddings=matrix)
+    pd.testing.assert_frame_equal(by_array, by_column.drop(columns="embedding"))
+    with pytest.raises(ValueError, match="7 embeddings for 8 predictions"):
+        neighbour_smoothed(plain, 3, 0.5, embeddings=matrix[:7])
 
 
 def test_auto_takes_faiss_from_the_threshold_up(monkeypatch):

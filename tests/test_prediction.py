@@ -1,11 +1,20 @@
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 from accelerate import Accelerator
 
 from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import ManifestError
 from noisytail.data.transforms import eval_transform
 from noisytail.models.network import ModelConfig, build_network
-from noisytail.prediction import predict_top_k, read_predictions, top_k_arrays, write_predictions
+from noisytail.prediction import (
+    predict_top_k,
+    read_embeddings,
+    read_predictions,
+    top_k_arrays,
+    write_predictions,
+)
 
 
 def test_top_k_storage_round_trip(toy_manifest, tmp_path):
@@ -29,3 +38,21 @@ def test_top_k_storage_round_trip(toy_manifest, tmp_path):
     assert np.stack(back["embedding"]).shape == (len(dataset), 8)
     assert set(back.columns) == {"sample_id", "label", "topk_index", "topk_prob", "label_prob",
                                  "embedding"}  # fmt: skip
+
+
+def test_embeddings_read_as_one_float16_array_in_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(11, 6)).astype(np.float32)
+    table = pd.DataFrame({"sample_id": [f"s{i}" for i in range(11)], "label": np.arange(11) % 3,
+                          "topk_index": list(np.zeros((11, 2), np.int32)),
+                          "topk_prob": list(np.ones((11, 2), np.float32)),
+                          "label_prob": np.ones(11, np.float32),
+                          "embedding": list(vectors)})  # fmt: skip
+    path = write_predictions(table, tmp_path / "p.parquet")
+    embeddings = read_embeddings(path, batch_rows=4)  # 3 batches, the last one short
+    assert embeddings.dtype == np.float16 and embeddings.shape == (11, 6)
+    np.testing.assert_allclose(embeddings, vectors, rtol=1e-3, atol=1e-3)
+    assert "embedding" not in read_predictions(path, embedding=False)
+    write_predictions(table.drop(columns="embedding"), tmp_path / "bare.parquet")
+    with pytest.raises(ManifestError, match="bare.parquet has no embedding column"):
+        read_embeddings(tmp_path / "bare.parquet")

@@ -54,7 +54,7 @@ class CleaningConfig:
     neighbour_weight: float = 0.5  # their share of the mixed probabilities (0: softmax only)
     neighbour_index: str = "auto"  # exact | faiss (IVF, approximate) | auto: faiss from
     neighbour_index_threshold: int = 200_000  # this many samples (per fold model) up
-    nprobe: int = 32  # faiss: inverted lists searched per query (recall against speed)
+    nprobe: int = 16  # faiss: inverted lists searched per query (recall against speed)
 
     def __post_init__(self) -> None:
         check_choice("cleaning.rule", self.rule, RULES)
@@ -151,13 +151,17 @@ def decide(scored: pd.DataFrame, config: CleaningConfig) -> pd.DataFrame:
 
 
 def judge_predictions(
-    predictions: pd.DataFrame, num_classes: int, config: CleaningConfig
+    predictions: pd.DataFrame,
+    num_classes: int,
+    config: CleaningConfig,
+    embeddings: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One round's verdict: the evidence (the predictions mixed with the labels of each sample's
-    neighbours) and the decisions taken on it."""
+    neighbours by ``embeddings``, default the predictions' column) and the decisions on it."""
     evidence = neighbour_smoothed(
-        predictions, config.neighbours, config.neighbour_weight, search=config.neighbour_index,
-        threshold=config.neighbour_index_threshold, nprobe=config.nprobe,
+        predictions, config.neighbours, config.neighbour_weight, embeddings=embeddings,
+        search=config.neighbour_index, threshold=config.neighbour_index_threshold,
+        nprobe=config.nprobe,
     )  # fmt: skip
     return evidence, decide(scores(evidence, num_classes, config.prior_correction), config)
 

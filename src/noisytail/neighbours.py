@@ -10,9 +10,14 @@ Two searches return the same N x k neighbour indices, so the rules, reports and 
 bookkeeping do not care which ran:
 - ``exact``: cosine similarity in chunks; memory O(N * k) besides one chunk x N block, but
   N^2 * d multiply-adds: minutes on a large GPU at 2.5M x 512, a day or more on a CPU;
-- ``faiss``: an inverted-file index with 8-bit scalar quantisation (2.5M x 512 in 1.3 GB),
-  trained on a sample, searched with ``nprobe`` lists per query: about N * sqrt(N) work.
-``auto`` takes ``exact`` below a size threshold and ``faiss`` above it.
+- ``faiss``: an inverted-file index of 4-bit product-quantised codes scanned with SIMD
+  ("fast scan"; 2.5M x 512 in 0.32 GB), trained on a sample, searched with ``nprobe`` lists per
+  query; its ``candidates`` x k best guesses are re-ranked by exact cosine on the embeddings, so
+  quantisation costs little recall and the lists left unprobed cost the most
+  (benchmarks/cleaning_scale.py). It runs on the CPU: faiss has no GPU fast-scan index, and on a
+  GPU the exact search takes minutes.
+``auto`` takes ``exact`` below a size threshold and ``faiss`` above it. Embeddings are held as
+one float16 N x d array (2.5M x 512: 2.6 GB), converted to float32 a chunk at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 
 from noisytail.errors import NoisytailError
 from noisytail.prediction import top_k_arrays
+from noisytail.progress import progress
 
 SEARCHES = ("auto", "exact", "faiss")
 
@@ -40,43 +46,77 @@ def import_faiss():
 
 
 def faiss_neighbours(
-    embeddings: np.ndarray, k: int, *, nprobe: int = 32, chunk: int = 65536, seed: int = 0
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    nprobe: int = 16,
+    candidates: int = 2,
+    chunk: int = 65536,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Indices (N x k) of each row's k most cosine-similar other rows by an IVF index with 8-bit
-    scalar quantisation (inner product of L2-normalised rows: cosine). Rows are converted to
-    float32 one chunk at a time, so a float16 N x d input is never copied whole."""
+    """Indices (N x k) of each row's k most cosine-similar other rows: ``candidates * (k + 1)``
+    guesses from an IVF-PQ fast-scan index (inner product of L2-normalised rows), re-ranked by
+    exact cosine. Rows are converted to float32 one chunk at a time."""
     faiss = import_faiss()
     n, d = embeddings.shape
     k = min(k, n - 1)
     if k < 1:
         raise ValueError(f"need at least 2 samples to find neighbours, got {n}")
 
-    def rows(start: int) -> np.ndarray:
-        block = np.ascontiguousarray(embeddings[start : start + chunk], dtype=np.float32)
+    norms = np.empty(n, dtype=np.float32)  # for the exact re-ranking
+
+    def rows(start: int, size: int = chunk) -> np.ndarray:
+        block = np.ascontiguousarray(embeddings[start : start + size], dtype=np.float32)
+        norms[start : start + len(block)] = np.linalg.norm(block, axis=1)
         faiss.normalize_L2(block)
         return block
 
-    nlist = int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))  # faiss wants >= 39 points a list
-    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist,
-                                          faiss.ScalarQuantizer.QT_8bit,
-                                          faiss.METRIC_INNER_PRODUCT)  # fmt: skip
-    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False))
+    # 4 sqrt(N) lists; k-means costs lists^2, so it runs 8 iterations on 32 points a list.
+    # (8 sqrt(N) lists gain recall, 0.943 -> 0.953 at 500k, but cost 1.3x the time at 2.5M.)
+    nlist = int(np.clip(4 * np.sqrt(n), 1, max(1, n // 32)))
+    codes = d // 2 if d % 2 == 0 else d  # 4-bit codes of 2 dimensions each: d / 4 bytes a row
+    index = faiss.index_factory(d, f"IVF{nlist},PQ{codes}x4fs", faiss.METRIC_INNER_PRODUCT)
+    inverted = faiss.extract_index_ivf(index)
+    inverted.cp.niter, inverted.cp.min_points_per_centroid = 8, 32
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, 32 * nlist), replace=False))
     training = np.ascontiguousarray(embeddings[sample], dtype=np.float32)
     faiss.normalize_L2(training)
     index.train(training)
+    del training
     for start in range(0, n, chunk):
         index.add(rows(start))
-    index.nprobe = min(nprobe, nlist)
-    out = np.empty((n, k), dtype=np.int64)
-    for start in range(0, n, chunk):
-        _, found = index.search(rows(start), k + 1)
-        own = np.arange(start, start + len(found))[:, None]
-        keep = found != own  # a sample is not its own neighbour; without itself, drop the last
-        keep[keep.all(axis=1), -1] = False  # (ids in a row are unique: one entry drops per row)
-        found = found[keep].reshape(len(found), k)
-        # -1: the probed lists held fewer than k others; repeat the nearest (or the sample)
-        nearest = np.where(found[:, :1] < 0, own, found[:, :1])
-        out[start : start + len(found)] = np.where(found < 0, nearest, found)
+    inverted.nprobe = min(nprobe, nlist)
+    out = np.empty((n, k), dtype=np.int32 if n < 2**31 else np.int64)
+    # Search a few thousand queries at a time: fast scan builds a lookup table per query and
+    # probed list (8192 x 16 lists x 256 codes x 16 entries: 0.5 GB; 65536 queries took 4.3 GB).
+    for start in progress(range(0, n, 8192), desc="faiss neighbours", unit="block"):
+        _, found = index.search(rows(start, 8192), min(n, candidates * (k + 1)))
+        out[start : start + len(found)] = reranked(embeddings, norms, start, found, k)
+    return out
+
+
+@torch.no_grad()
+def reranked(
+    embeddings: np.ndarray, norms: np.ndarray, start: int, found: np.ndarray, k: int
+) -> np.ndarray:
+    """The k most cosine-similar of each query's approximate candidates ``found`` (-1: none),
+    the query itself excluded; a query with fewer than k candidates repeats its nearest one.
+    ``norms``: the rows' L2 norms."""
+    out = np.empty((len(found), k), dtype=np.int64)
+    for first in range(0, len(found), 1024):  # 1024 x candidates x d float32 at a time
+        ids = torch.from_numpy(found[first : first + 1024])
+        own = torch.arange(start + first, start + first + len(ids))[:, None]
+        queries = torch.from_numpy(embeddings[start + first : start + first + len(ids)])
+        rows = ids.clamp(min=0).numpy()
+        guess = torch.from_numpy(embeddings[rows]).float()
+        # cosine = dot / |guess| (the query's own norm does not change its ranking)
+        similarity = torch.einsum("qd,qcd->qc", queries.float(), guess)
+        similarity /= torch.from_numpy(norms[rows]).clamp(min=1e-12)
+        similarity[(ids < 0) | (ids == own)] = -float("inf")
+        best = similarity.topk(k, dim=1)
+        picked = ids.gather(1, best.indices)
+        nearest = torch.where(torch.isinf(best.values[:, :1]), own, picked[:, :1])
+        out[first : first + len(ids)] = torch.where(torch.isinf(best.values), nearest, picked)
     return out
 
 
@@ -86,7 +126,7 @@ def nearest_neighbours(
     *,
     search: str = "exact",
     threshold: int = 200_000,
-    nprobe: int = 32,
+    nprobe: int = 16,
     chunk: int = 4096,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
@@ -125,38 +165,46 @@ def neighbour_smoothed(
     k: int,
     weight: float,
     *,
+    embeddings: np.ndarray | None = None,
     search: str = "exact",
     threshold: int = 200_000,
-    nprobe: int = 32,
+    nprobe: int = 16,
     device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """Predictions whose probabilities are ``(1 - weight) * softmax + weight * neighbours``.
 
-    ``neighbours(c)`` is the share of the sample's k nearest neighbours (by the stored
-    ``embedding``) whose given label is c. Neighbours are searched only among samples embedded by
-    the same model (the ``fold`` column, when out-of-fold models made the predictions). The result
-    has the same top-k columns, so every rule, report and comparison runs on it unchanged; classes
-    outside both the stored top-k and the neighbours' labels get no mass.
+    ``neighbours(c)`` is the share of the sample's k nearest neighbours (by ``embeddings``, one
+    row per prediction; default: the predictions' ``embedding`` column) whose given label is c.
+    Neighbours are searched only among samples embedded by the same model (the ``fold`` column,
+    when out-of-fold models made the predictions). The result has the same top-k columns, so
+    every rule, report and comparison runs on it unchanged; classes outside both the stored top-k
+    and the neighbours' labels get no mass.
     """
     if not 0 <= weight <= 1:
         raise ValueError(f"cleaning.neighbour_weight must be in [0, 1], got {weight}")
     if weight == 0 or k == 0:
         return predictions
-    if "embedding" not in predictions:
-        raise ValueError("neighbour smoothing needs predictions with an 'embedding' column "
-                         "(pipelines/predict.py --for-cleaning stores it)")  # fmt: skip
+    if embeddings is None:
+        if "embedding" not in predictions:
+            raise ValueError("neighbour smoothing needs predictions with an 'embedding' column "
+                             "(pipelines/predict.py --for-cleaning stores it)")  # fmt: skip
+        embeddings = embedding_matrix(predictions["embedding"])
+    if len(embeddings) != len(predictions):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(predictions)} predictions")
     index, prob = top_k_arrays(predictions)
     label = predictions["label"].to_numpy().astype(np.int64)
     label_prob = predictions["label_prob"].to_numpy().astype(np.float64)
-    embeddings = np.stack(predictions["embedding"].to_numpy())
     groups = predictions["fold"].to_numpy() if "fold" in predictions else np.zeros(len(label))
-    neighbour_labels = np.empty((len(label), k), dtype=np.int64)
+    neighbour_labels = np.empty((len(label), k), dtype=np.int32)
     for group in np.unique(groups):
         members = np.flatnonzero(groups == group)
         found = nearest_neighbours(embeddings[members], k, search=search, threshold=threshold,
                                    nprobe=nprobe, device=device)  # fmt: skip
         # a group smaller than k + 1: repeat its neighbours (each still counts 1/k on average)
-        neighbour_labels[members] = label[members][found][:, np.arange(k) % found.shape[1]]
+        columns, group_labels = np.arange(k) % found.shape[1], label[members]
+        for rows in np.array_split(np.arange(len(members)), max(1, len(members) // 65536)):
+            neighbour_labels[members[rows]] = group_labels[found[rows]][:, columns]
+        del found
 
     new_index, new_prob, new_label_prob = [], [], []
     for rows in np.array_split(np.arange(len(label)), max(1, len(label) // 16384)):
@@ -168,6 +216,16 @@ def neighbour_smoothed(
     out = predictions.copy()
     out["topk_index"], out["topk_prob"] = new_index, new_prob
     out["label_prob"] = np.concatenate(new_label_prob)
+    return out
+
+
+def embedding_matrix(column: pd.Series, chunk: int = 65536) -> np.ndarray:
+    """One float16 N x d array from a column of per-row vectors, stacked a chunk at a time (a
+    float32 copy of 2.5M x 512 would be 5 GB more)."""
+    values = column.to_numpy()
+    out = np.empty((len(values), len(values[0])), dtype=np.float16)
+    for start in range(0, len(values), chunk):
+        out[start : start + chunk] = np.stack(values[start : start + chunk])
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
@@ -133,8 +134,33 @@ def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(path)
+def read_predictions(path: str | os.PathLike, embedding: bool = True) -> pd.DataFrame:
+    """The stored predictions; ``embedding=False`` leaves out the embedding column (read it
+    with ``read_embeddings``: one array, not a Python object per row)."""
+    if embedding:
+        return pd.read_parquet(path)
+    names = pq.ParquetFile(path).schema_arrow.names
+    return pd.read_parquet(path, columns=[c for c in names if c != "embedding"])
+
+
+def read_embeddings(path: str | os.PathLike, batch_rows: int = 65536) -> np.ndarray:
+    """The ``embedding`` column of stored predictions as one float16 N x d array, read a batch
+    of rows at a time (2.5M x 512: 2.6 GB, where rows of float32 objects would take 5.4 GB)."""
+    stored = pq.ParquetFile(path)
+    if "embedding" not in stored.schema_arrow.names:
+        raise ManifestError(f"{path} has no embedding column: re-run the predict stage with "
+                            "--for-cleaning (or --embedding)")  # fmt: skip
+    out, start = None, 0
+    for batch in stored.iter_batches(batch_size=batch_rows, columns=["embedding"]):
+        column = batch.column(0)
+        values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+        if out is None:
+            out = np.empty((stored.metadata.num_rows, values.shape[1]), dtype=np.float16)
+        out[start : start + len(values)] = values
+        start += len(values)
+    if out is None:
+        raise ManifestError(f"{path} holds no predictions")
+    return out
 
 
 def top_k_arrays(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
