@@ -61,10 +61,7 @@ def predict_top_k(
         if with_embedding:
             embeddings.append(gathered[4].cpu().numpy().astype(np.float32))
 
-    row = np.concatenate(rows)
-    order = np.argsort(row, kind="stable")
-    if not np.array_equal(row[order], np.arange(len(dataset))):
-        raise RuntimeError(f"prediction covered {len(np.unique(row))} of {len(dataset)} samples")
+    order = dataset_order(rows, len(dataset))
     table = pd.DataFrame({
         "sample_id": dataset.sample_ids,
         "label": dataset.labels.numpy(),
@@ -75,6 +72,17 @@ def predict_top_k(
     if with_embedding:
         table["embedding"] = list(np.concatenate(embeddings)[order])
     return table
+
+
+def dataset_order(rows: list[np.ndarray], size: int) -> np.ndarray:
+    """The permutation that puts gathered batches (``rows``: each item's dataset row) back in
+    dataset order; checks that every row came back exactly once (a sharded loader that padded
+    or dropped items would misalign the outputs silently)."""
+    row = np.concatenate(rows)
+    order = np.argsort(row, kind="stable")
+    if not np.array_equal(row[order], np.arange(size)):
+        raise RuntimeError(f"prediction covered {len(np.unique(row))} of {size} samples")
+    return order
 
 
 def evaluate_split(

@@ -32,6 +32,7 @@ from noisytail.data.dataset import ImageDataset
 from noisytail.data.transforms import AugmentConfig, _normalize, _zoomed
 from noisytail.ensemble import merge_top_k
 from noisytail.models.network import NoisyTailNet
+from noisytail.prediction import dataset_order
 from noisytail.progress import progress
 
 
@@ -123,7 +124,7 @@ def predict_views(
         rows.append(gathered[0].cpu().numpy())
         indices.append(gathered[1].cpu().numpy().astype(np.int32))
         logits.append(gathered[2].cpu().numpy().astype(np.float32))
-    order = np.argsort(np.concatenate(rows), kind="stable")
+    order = dataset_order(rows, len(dataset))
     return {
         "sample_id": np.asarray(dataset.sample_ids),
         "label": dataset.labels.numpy(),
