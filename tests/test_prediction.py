@@ -28,14 +28,17 @@ def test_top_k_storage_round_trip(toy_manifest, tmp_path):
     index, prob = top_k_arrays(back)
     assert index.shape == prob.shape == (len(dataset), 2)
     with torch.no_grad():
-        full = torch.cat([model(dataset[i][0][None]) for i in range(len(dataset))]).softmax(1)
+        features = torch.cat([model.features(dataset[i][0][None]) for i in range(len(dataset))])
+        full = model.head(features).softmax(1)
     expected_p, expected_i = full.topk(2, dim=1)
     np.testing.assert_array_equal(index, expected_i.numpy())
     np.testing.assert_allclose(prob, expected_p.numpy(), atol=1e-6)
     labels = dataset.labels.numpy()
     np.testing.assert_allclose(back["label_prob"], full[np.arange(len(labels)), labels], atol=1e-6)
     assert back["sample_id"].tolist() == dataset.sample_ids
-    assert np.stack(back["embedding"]).shape == (len(dataset), 8)
+    stored = np.stack(back["embedding"])  # batches of 7 placed at their rows, kept as float16
+    assert stored.dtype == np.float16 and stored.shape == (len(dataset), 8)
+    np.testing.assert_allclose(stored, features.numpy(), rtol=2e-3, atol=2e-3)
     assert set(back.columns) == {"sample_id", "label", "topk_index", "topk_prob", "label_prob",
                                  "embedding"}  # fmt: skip
 
