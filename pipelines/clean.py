@@ -50,8 +50,7 @@ def main() -> None:
         raise ManifestError(f"{args.predictions} does not predict the training split of {judged} "
                          f"(cleaning.judge: {config.judge}); re-run the predict stage")  # fmt: skip
 
-    uses_neighbours = config.neighbours > 0 and config.neighbour_weight > 0
-    embeddings = read_embeddings(args.predictions) if uses_neighbours else None
+    embeddings = read_embeddings(args.predictions) if config.uses_neighbours else None
     _, decided = judge_predictions(predictions, manifest.num_classes, config, embeddings)
     cleaned = cleaned_manifest(manifest, decided)
     kept = cleaned.split("train")

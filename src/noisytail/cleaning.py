@@ -69,6 +69,11 @@ class CleaningConfig:
         check_choice("cleaning.neighbour_index", self.neighbour_index, SEARCHES)
         check_range("cleaning.nprobe", self.nprobe, 1)
 
+    @property
+    def uses_neighbours(self) -> bool:
+        """Whether the verdict mixes in neighbours' labels (so needs the embeddings)."""
+        return self.neighbours > 0 and self.neighbour_weight > 0
+
 
 def round_config(section: Mapping | None, round_number: int | str = "") -> CleaningConfig:
     """One round's cleaning settings: ``cleaning:`` of params.yaml, updated with whatever the
