@@ -4,10 +4,12 @@ Synthetic data shaped like AliProducts: C = N / 50 classes with long-tailed size
 float16 embeddings clustered by true class in families of classes (shaped after FMNIST-LT-N's
 real embeddings, see below), 30% of the labels flipped, and synthetic top-10 predictions. Each N
 runs in its own process, so its peak memory (max RSS) is its own. Recall@30 of the neighbours the
-round used is measured against exact search for a sample of queries. Then each FMNIST-LT-N round
+round used, and of the IVF's before the refinement (local joins), is measured against exact
+search for a sample of queries. Then each FMNIST-LT-N round
 is judged from its stored predictions with exact and with faiss neighbours (F1 against truth).
 
     python benchmarks/cleaning_scale.py [--sizes 100000 500000 2500000] [--queries 20000]
+                                        [--nprobe 16] [--refinement 4]
 """
 
 from __future__ import annotations
@@ -120,42 +122,57 @@ def exact_top_k(embedding: np.ndarray, queries: np.ndarray, k: int) -> np.ndarra
     return best[1].numpy()
 
 
-def recall_at_k(embedding: np.ndarray, found: np.ndarray, queries: int, k: int) -> float:
-    """Share of each sampled query's exact k nearest neighbours that ``found`` holds."""
+def recall_at_k(embedding: np.ndarray, found: list[np.ndarray], queries: int, k: int) -> list:
+    """For each neighbour graph in ``found``: the share of each sampled query's exact k nearest
+    neighbours it holds (one exact search for all)."""
     chosen = np.sort(np.random.default_rng(1).choice(len(embedding), min(queries, len(embedding)),
                                                      replace=False))  # fmt: skip
     exact = exact_top_k(embedding, chosen, k)
-    hits = sum(len(set(a) & set(e)) for a, e in zip(found[chosen, :k], exact))
-    return hits / (len(chosen) * k)
+    return [sum(len(set(a) & set(e)) for a, e in zip(graph[chosen, :k], exact))
+            / (len(chosen) * k) for graph in found]  # fmt: skip
 
 
 def peak_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
-def one_size(n: int, queries: int, nprobe: int, isotropic: float) -> dict:
+def one_size(n: int, queries: int, nprobe: int, refinement: int, isotropic: float) -> dict:
     """Build the synthetic round, then time the decision alone (the work a round does)."""
     import noisytail.neighbours as neighbours
     from noisytail.cleaning import CleaningConfig, detection_report, judge_predictions
 
     table, embedding, truth, classes = synthetic_round(n, isotropic)
     config = CleaningConfig(neighbours=NEIGHBOURS, neighbour_index="faiss", nprobe=nprobe,
-                            per_class=True, prior_correction=0.5, threshold=0.5)  # fmt: skip
-    search, used = neighbours.nearest_neighbours, []  # keep the neighbours the round used
+                            neighbour_refinement=refinement, per_class=True,
+                            prior_correction=0.5, threshold=0.5)  # fmt: skip
+    # keep the neighbours the round used, and the IVF's before the refinement, which is timed
+    search, refine = neighbours.nearest_neighbours, neighbours.refine_neighbours
+    used, ivf, refine_seconds = [], [], []
     neighbours.nearest_neighbours = lambda *a, **kw: used.append(search(*a, **kw)) or used[-1]
+
+    def timed_refine(embeddings, graph, *args, **kwargs):
+        ivf.append(graph.copy())
+        started = time.perf_counter()
+        out = refine(embeddings, graph, *args, **kwargs)
+        refine_seconds.append(time.perf_counter() - started)
+        return out
+
+    neighbours.refine_neighbours = timed_refine
     started = time.perf_counter()
     _, decided = judge_predictions(table, classes, config, embedding)
     report = detection_report(decided, truth, tuple(map(str, range(classes))))
     seconds = time.perf_counter() - started
     peak = peak_gb()  # the decision's peak (with the synthetic data it holds), before recall
     started = time.perf_counter()
-    recall = recall_at_k(embedding, used[0], queries, NEIGHBOURS)
+    recall, recall_ivf = recall_at_k(embedding, [used[0], ivf[0]], queries, NEIGHBOURS)
     return {
         "n": n,
         "classes": classes,
         "seconds": round(seconds, 1),
+        "refine_seconds": round(refine_seconds[0], 1),
         "peak_gb": peak,
         "recall_at_30": round(recall, 4),
+        "recall_ivf": round(recall_ivf, 4),
         "recall_queries": min(queries, n),
         "recall_seconds": round(time.perf_counter() - started, 1),
         "f1": round(report["f1"], 3),
@@ -198,6 +215,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 500_000, 2_500_000])
     parser.add_argument("--queries", type=int, default=20_000, help="recall@30 sample")
     parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--refinement", type=int, default=4, help="rounds of local joins")
     parser.add_argument("--isotropic", type=float, default=ISOTROPIC,
                         help="share of within-class variance in all 512 directions")  # fmt: skip
     parser.add_argument("--fmnist-rounds", type=int, nargs="*", default=[1, 2, 3],
@@ -205,12 +223,14 @@ def main() -> None:
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_size(args.one, args.queries, args.nprobe, args.isotropic)))
+        print(json.dumps(one_size(args.one, args.queries, args.nprobe, args.refinement,
+                                  args.isotropic)))  # fmt: skip
         return
     rows = []
     for n in args.sizes:
         child = subprocess.run([sys.executable, __file__, "--one", str(n), "--queries",
                                 str(args.queries), "--nprobe", str(args.nprobe),
+                                "--refinement", str(args.refinement),
                                 "--isotropic", str(args.isotropic)],
                                capture_output=True, text=True)  # fmt: skip
         if child.returncode:
@@ -228,10 +248,11 @@ def main() -> None:
         print("\nFMNIST-LT-N, each round's predictions judged with exact and faiss neighbours")
         print_table(fmnist)
     last = rows[-1]
-    write_result("cleaning_scale", rows, nprobe=args.nprobe, isotropic=args.isotropic,
+    write_result("cleaning_scale", rows, nprobe=args.nprobe, refinement=args.refinement,
+                 isotropic=args.isotropic,
                  fmnist=fmnist, summary={
         "n": last["n"], "seconds": last["seconds"], "peak_gb": last["peak_gb"],
-        "recall_at_30": last["recall_at_30"],
+        "recall_at_30": last["recall_at_30"], "recall_ivf": last["recall_ivf"],
         "exponent": round(exponent, 3) if exponent else None,
     })  # fmt: skip
 

@@ -111,9 +111,12 @@ def test_reranking_drops_the_query_and_missing_candidates():
     # query 0's candidates: itself, 2, 1, none (-1); query 1 found only itself
     found = np.array([[0, 2, 1, -1], [1, -1, -1, -1]])
     norms = np.linalg.norm(embeddings.astype(np.float32), axis=1)
-    picked = reranked(embeddings, norms, 0, found, 2)
+    picked, cosine = reranked(embeddings, norms, 0, found, 2)
     assert picked[0].tolist() == [1, 2]  # by cosine, itself and -1 left out
+    unit = embeddings.astype(np.float32) / norms[:, None]
+    np.testing.assert_allclose(cosine[0], [unit[0] @ unit[1], unit[0] @ unit[2]], atol=1e-6)
     assert picked[1].tolist() == [1, 1]  # nothing found: the query repeats itself, never -1
+    assert np.isneginf(cosine[1]).all()
 
 
 def test_embeddings_given_as_an_array_match_the_column():
@@ -150,3 +153,22 @@ def test_missing_faiss_is_named_when_asked_for(monkeypatch):
     with pytest.raises(NoisytailError, match="faiss needs the faiss-cpu package"):
         nearest_neighbours(points, 5, search="faiss")
     assert nearest_neighbours(points, 5, search="exact").shape == (80, 5)  # exact still works
+
+
+def test_one_model_searches_the_embeddings_without_a_copy(monkeypatch):
+    import noisytail.neighbours as module
+
+    plain = table(LABELS, EMBEDDINGS, PROBS)
+    matrix = embedding_matrix(plain["embedding"])
+    searched = []
+    search = module.nearest_neighbours
+
+    def recorded(rows, k, **kwargs):
+        searched.append(rows)
+        return search(rows, k, **kwargs)
+
+    monkeypatch.setattr(module, "nearest_neighbours", recorded)
+    neighbour_smoothed(plain, 3, 0.5, embeddings=matrix)
+    assert searched[0] is matrix  # 2.6 GB at 2.5M x 512 float16: never copied
+    neighbour_smoothed(plain.assign(fold=[0] * 4 + [1] * 4), 3, 0.5, embeddings=matrix)
+    assert [len(rows) for rows in searched[1:]] == [4, 4]  # one search per fold model

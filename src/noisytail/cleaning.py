@@ -56,6 +56,7 @@ class CleaningConfig:
     neighbour_index: str = "auto"  # exact | faiss (IVF, approximate) | auto: faiss from
     neighbour_index_threshold: int = 200_000  # this many samples (per fold model) up
     nprobe: int = 16  # faiss: inverted lists searched per query (recall against speed)
+    neighbour_refinement: int = 4  # faiss: rounds of NN-descent local joins after (0: off)
 
     def __post_init__(self) -> None:
         check_choice("cleaning.rule", self.rule, RULES)
@@ -68,6 +69,7 @@ class CleaningConfig:
         check_range("cleaning.folds", self.folds, 2)
         check_choice("cleaning.neighbour_index", self.neighbour_index, SEARCHES)
         check_range("cleaning.nprobe", self.nprobe, 1)
+        check_range("cleaning.neighbour_refinement", self.neighbour_refinement, 0)
 
     @property
     def uses_neighbours(self) -> bool:
@@ -167,7 +169,7 @@ def judge_predictions(
     evidence = neighbour_smoothed(
         predictions, config.neighbours, config.neighbour_weight, embeddings=embeddings,
         search=config.neighbour_index, threshold=config.neighbour_index_threshold,
-        nprobe=config.nprobe,
+        nprobe=config.nprobe, refinement=config.neighbour_refinement,
     )  # fmt: skip
     return evidence, decide(scores(evidence, num_classes, config.prior_correction), config)
 
