@@ -137,6 +137,8 @@ def reverse_lists(
     at once took 80 bytes an edge (6 GB at 2.5M x 30)."""
     n, k = graph.shape
     out = torch.arange(n, dtype=torch.int32)[:, None].repeat(1, size)
+    if size == 0:
+        return out
     flat = graph.reshape(-1)
     for low in range(0, n, chunk):
         edges = torch.nonzero((flat >= low) & (flat < low + chunk))[:, 0]
