@@ -104,7 +104,7 @@ def faiss_neighbours(
         rows_found = slice(start, start + len(found))
         out[rows_found], similarity[rows_found] = reranked(embeddings, norms, start, found, k)
     del index, inverted  # the codes and lists: freed before the refinement's buffers
-    return refine_neighbours(embeddings, out, similarity, rounds=refinement)
+    return refine_neighbours(embeddings, out, similarity, rounds=refinement, norms=norms)
 
 
 @torch.no_grad()
@@ -219,8 +219,8 @@ def neighbour_smoothed(
     for group in np.unique(groups):
         members = np.flatnonzero(groups == group)
         # one model embedded every sample: search the array itself, not a copy (2.6 GB at 2.5M)
-        rows = embeddings if len(members) == len(embeddings) else embeddings[members]
-        found = nearest_neighbours(rows, k, search=search, threshold=threshold, nprobe=nprobe,
+        model_rows = embeddings if len(members) == len(embeddings) else embeddings[members]
+        found = nearest_neighbours(model_rows, k, search=search, threshold=threshold, nprobe=nprobe,
                                    refinement=refinement, device=device)  # fmt: skip
         # a group smaller than k + 1: repeat its neighbours (each still counts 1/k on average)
         columns, group_labels = np.arange(k) % found.shape[1], label[members]
