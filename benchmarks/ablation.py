@@ -76,7 +76,7 @@ def main() -> None:
     rows = [
         row("plain timm recipe, noisy labels", None, baseline["plain_noisy"]),
         row("noisytail recipe, noisy labels (round 1's model)", None,
-            json.loads(Path("metrics/round_1.json").read_text())["mean_class_error"]),
+            json.loads(Path("metrics/round_1.json").read_text())["test"]["mean_class_error"]),
         from_members(f"+ cleaning: {member} on round {last_round}'s data", "full"),
         from_members("+ hi-res fine-tune", "hires"),
         from_members("+ balanced classifier", "balance"),

@@ -34,7 +34,7 @@ def main() -> None:
     rows = read_member_metrics(list(params["members"]))
     summary = members_summary(rows)
     last_round = params["cleaning"]["rounds"][-1]["round"]
-    last = json.loads(Path(f"metrics/round_{last_round}.json").read_text())
+    last = json.loads(Path(f"metrics/round_{last_round}.json").read_text())["test"]
     baseline = json.loads((RESULTS / "baseline.json").read_text())["summary"]["0"]
     finals = summary["final_test_mean_class_error"]
     summary["few_accuracy_gain"] = {m: round(g, 2) for m, g in summary["few_accuracy_gain"].items()}

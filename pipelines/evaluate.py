@@ -1,4 +1,5 @@
-"""DVC stage `evaluate`: test metrics of a model (mean class error, top-1, many/medium/few)."""
+"""DVC stage `evaluate`: a model's val and test metrics (mean class error, top-1, many / medium /
+few), on whichever of the two the manifest has."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ from noisytail.data.transforms import AugmentConfig
 from noisytail.errors import report_expected_errors
 from noisytail.models.network import load_network
 from noisytail.params import load_checked_params
-from noisytail.prediction import check_classes, evaluate_split, model_view
+from noisytail.prediction import check_classes, evaluate_splits, model_view
 from noisytail.training.engine import TrainConfig, make_accelerator
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--manifest", required=True, help="the prepared manifest (test split)")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--manifest", required=True, help="the prepared manifest (val, test)")
     parser.add_argument("--out", required=True, help="metrics JSON")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
@@ -27,23 +27,20 @@ def main() -> None:
     params = load_checked_params(args.params)
     train = params.get("train") or {}
     manifest = read_manifest(args.manifest)
-    split = args.split
-    if not (manifest.table["split"] == split).any():
-        print(f"{args.manifest} has no {split!r} split: evaluating on 'val'")
-        split = "val"
     model, classes = load_network(args.model)
     check_classes(classes, manifest, args.model)
     # the size and crop the model was trained at (a hi-res model is scored at its own size)
     size, view = model_view(model, train.get("image_size", 32),
                             AugmentConfig.from_params(params.get("augment")))  # fmt: skip
     accelerator = make_accelerator(TrainConfig(mixed_precision=train.get("mixed_precision", "no")))
-    report = evaluate_split(model, manifest, split, size, accelerator,
-                            workers=train.get("workers", 2), augment=view)  # fmt: skip
+    metrics = evaluate_splits(model, manifest, size, accelerator, workers=train.get("workers", 2),
+                              augment=view)  # fmt: skip
     if accelerator.is_main_process:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        metrics = {"split": split, **{k: round(v, 3) for k, v in report.items()}}
         Path(args.out).write_text(json.dumps(metrics, indent=1))
-        print(f"{args.model} on {split}: " + ", ".join(f"{k} {v:.2f}" for k, v in report.items()))
+        for split, report in metrics.items():
+            print(f"{args.model} on {split}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in report.items()))  # fmt: skip
 
 
 if __name__ == "__main__":

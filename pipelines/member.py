@@ -20,7 +20,7 @@ from noisytail.errors import report_expected_errors
 from noisytail.members import STEPS, member_plan
 from noisytail.models.network import load_network
 from noisytail.params import load_checked_params
-from noisytail.prediction import evaluate_split, model_view
+from noisytail.prediction import evaluate_splits, model_view
 from noisytail.tracking import RunTracker, git_commit
 from noisytail.training.engine import make_accelerator
 from noisytail.training.recipes import claim_recipe_dir, recipe_fingerprint, run_tracked_recipe
@@ -71,19 +71,16 @@ def main() -> None:
     model, _ = load_network(out / "model.safetensors")
     prepared = read_manifest(PREPARED)
     size, view = model_view(model)
-    metrics = {
-        split: {k: round(v, 3) for k, v in evaluate_split(
-            model, prepared, split, size, accelerator, workers=config.workers, augment=view
-        ).items()}
-        for split in ("val", "test")
-    }  # fmt: skip
+    metrics = evaluate_splits(model, prepared, size, accelerator, workers=config.workers,
+                              augment=view)  # fmt: skip
     if main_process:
         path = plan.metrics_path(step)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"member": plan.name, "step": step, "recipe": recipe.name,
                                     "image_size": size, **metrics}, indent=1))  # fmt: skip
+        nan = float("nan")  # no few-shot classes: no few-shot accuracy
         print(f"{plan.name}/{step}: " + ", ".join(
-            f"{split} MCE {m['mean_class_error']:.2f} (few {m['few_accuracy']:.1f})"
+            f"{split} MCE {m['mean_class_error']:.2f} (few {m.get('few_accuracy', nan):.1f})"
             for split, m in metrics.items()))  # fmt: skip
     flat = {f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items()}
     step_run.log_metrics(flat)

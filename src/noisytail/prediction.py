@@ -117,6 +117,27 @@ def evaluate_split(
     )  # fmt: skip
 
 
+def evaluate_splits(
+    model: NoisyTailNet,
+    manifest: Manifest,
+    image_size: int,
+    accelerator: Accelerator,
+    splits: tuple[str, ...] = ("val", "test"),
+    workers: int = 2,
+    augment: AugmentConfig = AugmentConfig(),
+) -> dict[str, dict[str, float]]:
+    """``evaluate_split`` on each of ``splits`` that the manifest has, rounded to 3 decimals;
+    a split it lacks (an image folder has no test split) is left out, and said so."""
+    scored = {}
+    for split in splits:
+        if not (manifest.table["split"] == split).any():
+            accelerator.print(f"no {split!r} split in the manifest: not scored on it")
+            continue
+        report = evaluate_split(model, manifest, split, image_size, accelerator, workers, augment)
+        scored[split] = {k: round(v, 3) for k, v in report.items()}
+    return scored
+
+
 def model_view(
     model: NoisyTailNet, size: int = 32, augment: AugmentConfig = AugmentConfig()
 ) -> tuple[int, AugmentConfig]:
