@@ -11,8 +11,8 @@ against the kept truth (`data/clean/round_<r>/report.json`), and the final data'
 
 The choice is made on val only (FMNIST-LT-N's val is clean): a variant replaces the default
 when its final model's val mean class error is lower by more than the paired noise of the val
-set (noisytail.selection). Test is reported. Beside them, trained in the same run: CE-noisy
-(round 1's model), CE-oracle (the same pipeline on `benchmark.eta=0`: the same samples with
+set (noisytail.test_time.selection). Test is reported. Beside them, trained in the same run:
+CE-noisy (round 1's model), CE-oracle (the same pipeline on `benchmark.eta=0`: the same samples with
 their true labels) and the plain timm recipe of benchmarks/baseline.py on the noisy labels.
 
     python benchmarks/cleaning_rounds.py [--variants default judge_kept ...] [--seed 0]
@@ -45,7 +45,7 @@ from noisytail.data.transforms import eval_transform
 from noisytail.members import member_plan
 from noisytail.models.network import load_network
 from noisytail.prediction import model_view, predict_top_k
-from noisytail.selection import compare_on_val
+from noisytail.test_time.selection import compare_on_val
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from common import print_table, write_result
 
-from noisytail.ensemble import ensemble_top_k
+from noisytail.test_time.ensemble import ensemble_top_k
 
 
 def synthetic_member(truth: np.ndarray, classes: int, seed: int, top: int = 10):

@@ -14,14 +14,14 @@ from accelerate import Accelerator
 from cleaning_rounds import cleanlab_detection
 from common import print_table, write_result
 
-from noisytail.cleaning import detection_report, judge_predictions, round_config
+from noisytail.cleaning.out_of_fold import out_of_fold_predictions
+from noisytail.cleaning.rules import detection_report, judge_predictions, round_config
 from noisytail.config import from_mapping, load_params
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import AugmentConfig, eval_transform
 from noisytail.models.network import ModelConfig, load_network
 from noisytail.prediction import predict_top_k
-from noisytail.training.crossfit import out_of_fold_predictions
 from noisytail.training.engine import TrainConfig
 from noisytail.training.recipes import RecipeConfig, run_recipe
 

@@ -11,7 +11,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from noisytail.cleaning import (
+from noisytail.cleaning.gallery import DECISION_COLUMNS, write_gallery
+from noisytail.cleaning.rules import (
     clean_retention,
     cleaned_manifest,
     decision_counts,
@@ -22,7 +23,6 @@ from noisytail.cleaning import (
 )
 from noisytail.data.manifest import ManifestError, read_manifest, write_manifest
 from noisytail.errors import report_expected_errors
-from noisytail.gallery import DECISION_COLUMNS, write_gallery
 from noisytail.params import load_checked_params
 from noisytail.plots import confidence_histogram
 from noisytail.prediction import read_embeddings, read_predictions

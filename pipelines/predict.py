@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from noisytail.cleaning import judged_samples, round_config
+from noisytail.cleaning.out_of_fold import cleaning_predictions
+from noisytail.cleaning.rules import judged_samples, round_config
 from noisytail.config import from_mapping
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import ManifestError, read_manifest
@@ -17,7 +18,6 @@ from noisytail.errors import report_expected_errors
 from noisytail.models.network import ModelConfig, load_network
 from noisytail.params import load_checked_params
 from noisytail.prediction import predict_top_k, write_predictions
-from noisytail.training.crossfit import cleaning_predictions
 from noisytail.training.engine import TrainConfig, make_accelerator
 
 

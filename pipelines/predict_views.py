@@ -1,5 +1,5 @@
 """DVC stage `member_views`: a member's final model on val and test, ten views per image at
-each test-time scale, cached as bias-free top-K logits (noisytail.test_time) for the studies.
+each test-time scale, cached as bias-free top-K logits (noisytail.test_time.views) for the studies.
 
     python pipelines/predict_views.py --member resnet18_r3
 
@@ -21,7 +21,7 @@ from noisytail.members import member_plan
 from noisytail.models.network import load_network
 from noisytail.params import load_checked_params
 from noisytail.prediction import check_classes, model_view
-from noisytail.test_time import TTAConfig, enlarged_transform, predict_views, stack_caches
+from noisytail.test_time.views import TTAConfig, enlarged_transform, predict_views, stack_caches
 from noisytail.training.engine import TrainConfig, make_accelerator
 
 PREPARED = "data/prepared/manifest.parquet"

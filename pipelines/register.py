@@ -17,8 +17,8 @@ from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
 from noisytail.members import member_plan
 from noisytail.params import load_checked_params
-from noisytail.serving import log_ensemble
-from noisytail.test_time import TTAConfig
+from noisytail.serving.model import log_ensemble
+from noisytail.test_time.views import TTAConfig
 from noisytail.tracking import RunTracker, latest_version
 
 PREPARED = "data/prepared/manifest.parquet"

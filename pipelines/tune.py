@@ -17,9 +17,9 @@ import yaml
 from noisytail.config import from_mapping
 from noisytail.errors import report_expected_errors
 from noisytail.params import load_checked_params
-from noisytail.test_time import TTAConfig, load_views, tta_top_k
+from noisytail.test_time.tuning import TuningConfig, tune_tau, tune_tta, tune_weights
+from noisytail.test_time.views import TTAConfig, load_views, tta_top_k
 from noisytail.tracking import GroupedChildRuns, RunTracker
-from noisytail.tuning import TuningConfig, tune_tau, tune_tta, tune_weights
 
 
 def digest(paths: list[Path], config: TuningConfig) -> str:

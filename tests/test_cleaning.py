@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisytail.cleaning import (
+from noisytail.cleaning.rules import (
     CleaningConfig,
     apply_decisions,
     balanced_subset,
@@ -159,7 +159,7 @@ def test_out_of_fold_bookkeeping():
 
 
 def test_cleaned_manifest_keeps_the_other_splits(tmp_path):
-    from noisytail.cleaning import cleaned_manifest
+    from noisytail.cleaning.rules import cleaned_manifest
     from noisytail.data.manifest import Manifest
 
     table = HAND_MADE[["sample_id", "label"]].assign(path="x.png", split="train")
@@ -174,7 +174,7 @@ def test_cleaned_manifest_keeps_the_other_splits(tmp_path):
 
 
 def test_judge_all_gives_a_dropped_sample_back(tmp_path):
-    from noisytail.cleaning import cleaned_manifest, judged_samples
+    from noisytail.cleaning.rules import cleaned_manifest, judged_samples
     from noisytail.data.manifest import Manifest
 
     table = HAND_MADE[["sample_id", "label"]].assign(path="x.png", split="train")
@@ -192,7 +192,7 @@ def test_judge_all_gives_a_dropped_sample_back(tmp_path):
 
 
 def test_a_round_entry_overrides_the_cleaning_settings():
-    from noisytail.cleaning import round_config
+    from noisytail.cleaning.rules import round_config
     from noisytail.config import ConfigError
 
     section = {

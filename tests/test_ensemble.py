@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from noisytail.ensemble import ensemble_top_k, merge_top_k
+from noisytail.test_time.ensemble import ensemble_top_k, merge_top_k
 
 
 def test_hand_made_lists_give_the_exact_weighted_average():

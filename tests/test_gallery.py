@@ -6,9 +6,7 @@ import pytest
 from conftest import save_image
 from PIL import Image
 
-from noisytail.cli import main
-from noisytail.data.manifest import Manifest, write_manifest
-from noisytail.gallery import (
+from noisytail.cleaning.gallery import (
     DECISION_COLUMNS,
     class_tiles,
     file_name,
@@ -17,6 +15,8 @@ from noisytail.gallery import (
     with_truth,
     write_gallery,
 )
+from noisytail.cli import main
+from noisytail.data.manifest import Manifest, write_manifest
 
 CLASSES = ("T-shirt/top", "Bag")
 # sample, given label, prediction, its confidence, the given label's score, action, true label

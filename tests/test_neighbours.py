@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisytail.errors import NoisytailError
-from noisytail.neighbours import (
+from noisytail.cleaning.neighbours import (
     embedding_matrix,
     nearest_neighbours,
     neighbour_smoothed,
     reranked,
 )
+from noisytail.errors import NoisytailError
 
 
 def test_nearest_neighbours_match_brute_force_across_chunks():
@@ -131,7 +131,7 @@ def test_embeddings_given_as_an_array_match_the_column():
 
 
 def test_auto_takes_faiss_from_the_threshold_up(monkeypatch):
-    import noisytail.neighbours as module
+    import noisytail.cleaning.neighbours as module
 
     calls = []
     monkeypatch.setattr(module, "faiss_neighbours", lambda x, k, **_: calls.append("faiss"))
@@ -156,7 +156,7 @@ def test_missing_faiss_is_named_when_asked_for(monkeypatch):
 
 
 def test_one_model_searches_the_embeddings_without_a_copy(monkeypatch):
-    import noisytail.neighbours as module
+    import noisytail.cleaning.neighbours as module
 
     plain = table(LABELS, EMBEDDINGS, PROBS)
     matrix = embedding_matrix(plain["embedding"])

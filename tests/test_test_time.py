@@ -11,7 +11,7 @@ from noisytail.data.dataset import ImageDataset
 from noisytail.data.transforms import AugmentConfig, eval_transform
 from noisytail.models.heads import tau_normalize
 from noisytail.models.network import ModelConfig, build_network
-from noisytail.test_time import (
+from noisytail.test_time.views import (
     TTA_MODES,
     enlarged_transform,
     predict_views,

@@ -133,8 +133,8 @@ def test_out_of_fold_models_never_train_on_what_they_judge(tmp_path, monkeypatch
     predicts every judged sample of fold k, including samples the round had dropped."""
     from conftest import tiny_manifest
 
-    from noisytail.cleaning import fold_assignment
-    from noisytail.training import crossfit
+    from noisytail.cleaning import out_of_fold
+    from noisytail.cleaning.rules import fold_assignment
 
     original = tiny_manifest(tmp_path / "toy", per_class=(12, 8, 6))
     train_rows = original.split("train")
@@ -146,10 +146,10 @@ def test_out_of_fold_models_never_train_on_what_they_judge(tmp_path, monkeypatch
         seen.append(set(manifest.split("train")["sample_id"]))
         return run_recipe(recipe, model, config, augment, manifest, out, **kwargs)
 
-    monkeypatch.setattr(crossfit, "run_recipe", recording_recipe)
+    monkeypatch.setattr(out_of_fold, "run_recipe", recording_recipe)
     from accelerate import Accelerator
 
-    table = crossfit.out_of_fold_predictions(
+    table = out_of_fold.out_of_fold_predictions(
         round_input, original, 2, MODEL, TrainConfig(epochs=1, batch_size=8, workers=0,
         image_size=32), NO_AUGMENT, tmp_path / "folds", accelerator=Accelerator(cpu=True),
     )  # fmt: skip

@@ -26,7 +26,7 @@ def draw_gallery(args: argparse.Namespace) -> int:
     draws only the classes that lost the most)."""
     import pandas as pd
 
-    from noisytail.gallery import write_gallery
+    from noisytail.cleaning.gallery import write_gallery
 
     decisions_file = Path(args.clean_dir) / f"round_{args.round}" / "decisions.parquet"
     if not decisions_file.is_file():

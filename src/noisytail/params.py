@@ -14,15 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from noisytail.cleaning import round_config
+from noisytail.cleaning.rules import round_config
 from noisytail.config import ConfigError, from_mapping, load_params
 from noisytail.data.prepare import BenchmarkConfig, DataConfig
 from noisytail.data.transforms import AugmentConfig
 from noisytail.members import check_members, member_plan
 from noisytail.models.network import PRESETS, ModelConfig
-from noisytail.test_time import TTAConfig
+from noisytail.test_time.tuning import TuningConfig
+from noisytail.test_time.views import TTAConfig
 from noisytail.training.engine import TrainConfig
-from noisytail.tuning import TuningConfig
 
 SECTIONS = ("seed", "launcher", "data", "benchmark", "augment", "model", "train", "hires", "crt",
             "balanced_subset", "tracking", "cleaning", "gallery", "members", "test_time",

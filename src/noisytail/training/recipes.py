@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from safetensors.torch import load_file
 
-from noisytail.cleaning import balanced_subset
+from noisytail.cleaning.rules import balanced_subset
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, manifest_digest
 from noisytail.data.transforms import AugmentConfig, eval_transform, train_transform
@@ -184,7 +184,7 @@ def run_tracked_recipe(
 
 # The library code a trained model depends on (dvc.yaml's training stages list the same paths):
 # changing it re-trains; changing the rest (prediction, ensembling, tuning, tracking) does not.
-TRAINING_CODE = ("config.py", "errors.py", "metrics.py", "progress.py", "cleaning.py", "data",
+TRAINING_CODE = ("config.py", "errors.py", "metrics.py", "progress.py", "cleaning/rules.py", "data",
                  "models", "training")  # fmt: skip
 
 

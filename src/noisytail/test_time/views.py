@@ -30,10 +30,10 @@ from torchvision.transforms.v2.functional import ten_crop
 from noisytail.config import ConfigError, check_range
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.transforms import AugmentConfig, _normalize, _zoomed
-from noisytail.ensemble import merge_top_k
 from noisytail.models.network import NoisyTailNet
 from noisytail.prediction import dataset_order
 from noisytail.progress import progress
+from noisytail.test_time.ensemble import merge_top_k
 
 
 @dataclass(frozen=True)

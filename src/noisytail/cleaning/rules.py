@@ -14,7 +14,7 @@ Two more choices decide how well rounds work on long-tailed data (benchmarks/cle
   previous round kept. A clean sample that a weak first model dropped is judged again by the
   better model of the next round, so losses do not compound from round to round;
 - ``neighbours``: the evidence mixes the softmax with the labels of the sample's nearest
-  neighbours in embedding space (``noisytail.neighbours``), a second opinion that a classifier
+  neighbours in embedding space (``cleaning.neighbours``), a second opinion that a classifier
   which memorised a wrong label cannot give.
 """
 
@@ -27,9 +27,9 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
+from noisytail.cleaning.neighbours import SEARCHES, neighbour_smoothed
 from noisytail.config import ConfigError, check_choice, check_range, from_mapping
 from noisytail.data.manifest import Manifest
-from noisytail.neighbours import SEARCHES, neighbour_smoothed
 
 RULES = ("top1", "label_prob", "lowest_fraction")
 PREDICTION_SOURCES = ("in_sample", "early", "out_of_fold")

@@ -19,9 +19,9 @@ import numpy as np
 import optuna
 
 from noisytail.config import check_range
-from noisytail.ensemble import ensemble_top_k
 from noisytail.metrics import classification_report
-from noisytail.test_time import TTA_MODES, tta_top_k
+from noisytail.test_time.ensemble import ensemble_top_k
+from noisytail.test_time.views import TTA_MODES, tta_top_k
 
 
 @dataclass(frozen=True)

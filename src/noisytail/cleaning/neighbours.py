@@ -15,7 +15,7 @@ bookkeeping do not care which ran:
   a sample, searched with ``nprobe`` lists per query; its ``candidates`` x k best guesses are
   re-ranked by exact cosine on the embeddings, so quantisation costs little recall and the lists
   left unprobed cost the most. Then ``refinement`` rounds of NN-descent's local join
-  (neighbour_refinement.py) find the near ties no probed list holds: recall@30 at 2.5M synthetic
+  (cleaning/refinement.py) find the near ties no probed list holds: recall@30 at 2.5M synthetic
   samples 0.881 -> 0.973 (benchmarks/cleaning_scale.py). It runs on the CPU: faiss has no GPU
   fast-scan index, and on a GPU the exact search takes minutes.
 ``auto`` takes ``exact`` below a size threshold and ``faiss`` above it. Embeddings are held as
@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from noisytail.cleaning.refinement import refine_neighbours
 from noisytail.errors import NoisytailError
-from noisytail.neighbour_refinement import refine_neighbours
 from noisytail.prediction import top_k_arrays
 from noisytail.progress import progress
 

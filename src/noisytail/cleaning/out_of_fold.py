@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from accelerate import Accelerator
 
-from noisytail.cleaning import (
+from noisytail.cleaning.rules import (
     PREDICTION_SOURCES,
     CleaningConfig,
     fold_assignment,

@@ -1,7 +1,7 @@
 """The ensemble as an MLflow pyfunc model: registered with the alias ``champion``, served by
 ``mlflow models serve``, and used by ``noisytail predict``.
 
-No pickled Python objects: the model is logged "from code" (``serving_model.py`` names the
+No pickled Python objects: the model is logged "from code" (``serving/entry.py`` names the
 class), and its artifacts are the members' safetensors with their model.json and one
 ``ensemble.json`` (per member: tau, TTA scale and mode, weight; the class names; top; the
 per-view top-K of the tuning cache). The members are rebuilt with timm in ``load_context``.
@@ -29,13 +29,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from noisytail.ensemble import ensemble_top_k
 from noisytail.models.network import load_network
 from noisytail.prediction import model_view
-from noisytail.test_time import classifier_terms, enlarged_transform, tta_top_k, view_logits
+from noisytail.test_time.ensemble import ensemble_top_k
+from noisytail.test_time.views import classifier_terms, enlarged_transform, tta_top_k, view_logits
 
 SPEC_FILE = "ensemble.json"
-ENTRY = Path(__file__).with_name("serving_model.py")
+ENTRY = Path(__file__).with_name("entry.py")
 
 
 class EnsemblePredictor:
@@ -134,7 +134,7 @@ def log_ensemble(
             warnings.filterwarnings("ignore", ".*An input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name="ensemble", python_model=str(ENTRY), artifacts=artifacts,
-                code_paths=[str(Path(__file__).parent)], registered_model_name=name,
+                code_paths=[str(Path(__file__).parents[1])], registered_model_name=name,
                 signature=signature,
                 pip_requirements=["torch", "timm", "albumentations", "pandas", "pillow"],
             )  # fmt: skip
