@@ -22,8 +22,8 @@ from common import RESULTS, print_table, write_result
 from noisytail.config import load_params
 from noisytail.data.manifest import read_manifest
 from noisytail.metrics import classification_report
+from noisytail.test_time.cache import load_views, tta_top_k
 from noisytail.test_time.ensemble import ensemble_top_k
-from noisytail.test_time.views import load_views, tta_top_k
 
 
 def member_metrics(name: str, step: str) -> dict:

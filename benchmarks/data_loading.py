@@ -17,9 +17,10 @@ from common import print_table, write_result
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from noisytail.data.config import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
-from noisytail.data.transforms import AugmentConfig, train_transform
+from noisytail.data.transforms import train_transform
 
 FULL_AUGMENT = AugmentConfig(
     hue_saturation=0.5, brightness_contrast=0.5, gaussian_blur=0.5,

@@ -18,12 +18,15 @@ from common import print_table, write_result
 from torch.utils.data import DataLoader
 
 from noisytail.config import from_mapping, load_params
+from noisytail.data.config import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.samplers import build_sampler
-from noisytail.data.transforms import AugmentConfig, eval_transform, train_transform
-from noisytail.models.network import ModelConfig, build_network
-from noisytail.training.engine import TrainConfig, build_optimizer, fit, seed_everything
+from noisytail.data.transforms import eval_transform, train_transform
+from noisytail.models.config import ModelConfig
+from noisytail.models.network import build_network
+from noisytail.training.config import TrainConfig
+from noisytail.training.engine import build_optimizer, fit, seed_everything
 
 
 def bare_epoch(model, dataset, config: TrainConfig) -> float:

@@ -11,16 +11,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from noisytail.cleaning.config import round_config
+from noisytail.cleaning.edits import cleaned_manifest
 from noisytail.cleaning.gallery import DECISION_COLUMNS, write_gallery
-from noisytail.cleaning.rules import (
-    clean_retention,
-    cleaned_manifest,
-    decision_counts,
-    detection_report,
-    judge_predictions,
-    judged_samples,
-    round_config,
-)
+from noisytail.cleaning.reports import clean_retention, decision_counts, detection_report
+from noisytail.cleaning.rules import judge_predictions, judged_samples
 from noisytail.data.manifest import ManifestError, read_manifest, write_manifest
 from noisytail.errors import report_expected_errors
 from noisytail.params import load_checked_params

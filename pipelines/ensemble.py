@@ -23,8 +23,9 @@ from noisytail.errors import report_expected_errors
 from noisytail.metrics import classification_report, per_class_recall
 from noisytail.params import load_checked_params
 from noisytail.plots import accuracy_by_frequency
+from noisytail.test_time.cache import load_views, split_rows, tta_top_k
+from noisytail.test_time.config import TTAConfig
 from noisytail.test_time.ensemble import ensemble_top_k
-from noisytail.test_time.views import TTAConfig, load_views, split_rows, tta_top_k
 
 PREPARED = "data/prepared/manifest.parquet"
 

@@ -7,13 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
+from noisytail.data.config import AugmentConfig
 from noisytail.data.manifest import read_manifest
-from noisytail.data.transforms import AugmentConfig
 from noisytail.errors import report_expected_errors
 from noisytail.models.network import load_network
 from noisytail.params import load_checked_params
 from noisytail.prediction import check_classes, evaluate_splits, model_view
-from noisytail.training.engine import TrainConfig, make_accelerator
+from noisytail.training.config import TrainConfig
+from noisytail.training.engine import make_accelerator
 
 
 def main() -> None:

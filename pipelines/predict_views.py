@@ -21,8 +21,11 @@ from noisytail.members import member_plan
 from noisytail.models.network import load_network
 from noisytail.params import load_checked_params
 from noisytail.prediction import check_classes, model_view
-from noisytail.test_time.views import TTAConfig, enlarged_transform, predict_views, stack_caches
-from noisytail.training.engine import TrainConfig, make_accelerator
+from noisytail.test_time.cache import stack_caches
+from noisytail.test_time.config import TTAConfig
+from noisytail.test_time.views import enlarged_transform, predict_views
+from noisytail.training.config import TrainConfig
+from noisytail.training.engine import make_accelerator
 
 PREPARED = "data/prepared/manifest.parquet"
 

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from noisytail.config import from_mapping
+from noisytail.data.config import BenchmarkConfig, DataConfig
 from noisytail.data.manifest import write_manifest
-from noisytail.data.prepare import BenchmarkConfig, DataConfig, prepare
+from noisytail.data.prepare import prepare
 from noisytail.errors import report_expected_errors
 from noisytail.params import load_checked_params
 from noisytail.plots import class_distribution

@@ -18,7 +18,7 @@ from noisytail.errors import report_expected_errors
 from noisytail.members import member_plan
 from noisytail.params import load_checked_params
 from noisytail.serving.model import log_ensemble
-from noisytail.test_time.views import TTAConfig
+from noisytail.test_time.config import TTAConfig
 from noisytail.tracking import RunTracker, latest_version
 
 PREPARED = "data/prepared/manifest.parquet"

@@ -12,19 +12,15 @@ import argparse
 from pathlib import Path
 
 from noisytail.config import from_mapping
+from noisytail.data.config import AugmentConfig
 from noisytail.data.manifest import read_manifest
-from noisytail.data.transforms import AugmentConfig
 from noisytail.errors import report_expected_errors
-from noisytail.models.network import ModelConfig
+from noisytail.models.config import ModelConfig
 from noisytail.params import load_checked_params
 from noisytail.tracking import RunTracker
-from noisytail.training.engine import TrainConfig, make_accelerator
-from noisytail.training.recipes import (
-    RecipeConfig,
-    claim_recipe_dir,
-    recipe_fingerprint,
-    run_tracked_recipe,
-)
+from noisytail.training.config import RecipeConfig, TrainConfig
+from noisytail.training.engine import make_accelerator
+from noisytail.training.recipes import claim_recipe_dir, recipe_fingerprint, run_tracked_recipe
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # Decoded-image caches of the tests' throw-away images go to a throw-away folder.
 os.environ.setdefault("NOISYTAIL_CACHE_DIR", tempfile.mkdtemp(prefix="noisytail-test-cache-"))
 
+from noisytail.data.config import FASHION_MNIST_DIR
 from noisytail.data.manifest import Manifest  # noqa: E402
-from noisytail.data.sources import FASHION_MNIST_DIR, FASHION_MNIST_FILES  # noqa: E402
+from noisytail.data.sources import FASHION_MNIST_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import save_image
 
+from noisytail.data.config import BenchmarkConfig, DataConfig
 from noisytail.data.dataset import (
     BadImageError,
     ImageDataset,
@@ -12,7 +13,7 @@ from noisytail.data.dataset import (
     find_bad_images,
 )
 from noisytail.data.manifest import ManifestError
-from noisytail.data.prepare import BenchmarkConfig, DataConfig, prepare
+from noisytail.data.prepare import prepare
 from noisytail.data.sources import import_image_folder
 
 

@@ -4,17 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisytail.cleaning.rules import (
-    CleaningConfig,
-    apply_decisions,
-    balanced_subset,
-    clean_retention,
-    decide,
-    detection_report,
-    fold_assignment,
-    merge_out_of_fold,
-    scores,
-)
+from noisytail.cleaning.config import CleaningConfig
+from noisytail.cleaning.edits import apply_decisions
+from noisytail.cleaning.predictions import fold_assignment, merge_out_of_fold
+from noisytail.cleaning.reports import clean_retention, detection_report
+from noisytail.cleaning.rules import decide, scores
+from noisytail.training.recipes import balanced_subset
 
 
 def predictions(rows):
@@ -159,7 +154,7 @@ def test_out_of_fold_bookkeeping():
 
 
 def test_cleaned_manifest_keeps_the_other_splits(tmp_path):
-    from noisytail.cleaning.rules import cleaned_manifest
+    from noisytail.cleaning.edits import cleaned_manifest
     from noisytail.data.manifest import Manifest
 
     table = HAND_MADE[["sample_id", "label"]].assign(path="x.png", split="train")
@@ -174,7 +169,8 @@ def test_cleaned_manifest_keeps_the_other_splits(tmp_path):
 
 
 def test_judge_all_gives_a_dropped_sample_back(tmp_path):
-    from noisytail.cleaning.rules import cleaned_manifest, judged_samples
+    from noisytail.cleaning.edits import cleaned_manifest
+    from noisytail.cleaning.rules import judged_samples
     from noisytail.data.manifest import Manifest
 
     table = HAND_MADE[["sample_id", "label"]].assign(path="x.png", split="train")
@@ -192,7 +188,7 @@ def test_judge_all_gives_a_dropped_sample_back(tmp_path):
 
 
 def test_a_round_entry_overrides_the_cleaning_settings():
-    from noisytail.cleaning.rules import round_config
+    from noisytail.cleaning.config import round_config
     from noisytail.config import ConfigError
 
     section = {

@@ -131,7 +131,7 @@ def test_summary_picks_the_best_member_on_val_and_the_smallest_few_gain():
 def test_training_stages_depend_on_exactly_the_code_their_fingerprint_hashes():
     """A change to the training code re-runs the training stages (DVC) and really retrains
     (the fingerprint); a change elsewhere in the library (ensembling, tuning) does neither."""
-    from noisytail.training.recipes import TRAINING_CODE
+    from noisytail.training.checkpoints import TRAINING_CODE
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     code = {f"src/noisytail/{name}" for name in TRAINING_CODE}

@@ -3,10 +3,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from noisytail.models.config import PRESETS, ModelConfig
 from noisytail.models.heads import CosineClassifier, LearnableWeightScaling, tau_normalize
 from noisytail.models.network import (
-    PRESETS,
-    ModelConfig,
     PretrainedWeightsError,
     build_network,
     create_backbone,

@@ -7,7 +7,8 @@ from accelerate import Accelerator
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import ManifestError
 from noisytail.data.transforms import eval_transform
-from noisytail.models.network import ModelConfig, build_network
+from noisytail.models.config import ModelConfig
+from noisytail.models.network import build_network
 from noisytail.prediction import (
     predict_top_k,
     read_embeddings,

@@ -7,17 +7,15 @@ from accelerate import Accelerator
 from conftest import tiny_manifest
 from torchvision.transforms.v2.functional import ten_crop
 
+from noisytail.data.config import AugmentConfig
 from noisytail.data.dataset import ImageDataset
-from noisytail.data.transforms import AugmentConfig, eval_transform
+from noisytail.data.transforms import eval_transform
+from noisytail.models.config import ModelConfig
 from noisytail.models.heads import tau_normalize
-from noisytail.models.network import ModelConfig, build_network
-from noisytail.test_time.views import (
-    TTA_MODES,
-    enlarged_transform,
-    predict_views,
-    tau_probabilities,
-    tta_top_k,
-)
+from noisytail.models.network import build_network
+from noisytail.test_time.cache import TTA_MODES, tta_top_k
+from noisytail.test_time.tau import tau_probabilities
+from noisytail.test_time.views import enlarged_transform, predict_views
 
 ZOOM = AugmentConfig(crop="zoom", margin=0.125)
 

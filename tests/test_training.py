@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from noisytail.data.transforms import AugmentConfig
-from noisytail.models.network import ModelConfig
-from noisytail.training.engine import TrainConfig, learning_rate, selected_epoch
-from noisytail.training.recipes import RecipeConfig, run_recipe, training_rows
+from noisytail.data.config import AugmentConfig
+from noisytail.models.config import ModelConfig
+from noisytail.training.config import RecipeConfig, TrainConfig
+from noisytail.training.engine import learning_rate, selected_epoch
+from noisytail.training.recipes import run_recipe, training_rows
 
 MODEL = ModelConfig(backbone="test_resnet", embedding_dim=32)
 TRAIN = TrainConfig(epochs=4, batch_size=16, base_lr=0.4, warmup_epochs=0, schedule="cosine",
@@ -116,16 +117,18 @@ def test_recipe_without_init_is_a_clear_error(toy_manifest, tmp_path):
 
 
 def test_fingerprint_covers_configs_data_and_code(trained, monkeypatch):
-    from noisytail.training import recipes
+    from noisytail.training import checkpoints
 
     manifest, _, _ = trained
     rows = manifest.split("train")
-    base = recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
-    assert base == recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
-    assert base != recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 1)
-    assert base != recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows[1:], 0)
-    monkeypatch.setattr(recipes, "code_digest", lambda: "other code")
-    assert base != recipes.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
+    base = checkpoints.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
+    assert base == checkpoints.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
+    assert base != checkpoints.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 1)
+    assert base != checkpoints.run_fingerprint(
+        RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows[1:], 0
+    )
+    monkeypatch.setattr(checkpoints, "code_digest", lambda: "other code")
+    assert base != checkpoints.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
 
 
 def test_out_of_fold_models_never_train_on_what_they_judge(tmp_path, monkeypatch):
@@ -133,8 +136,8 @@ def test_out_of_fold_models_never_train_on_what_they_judge(tmp_path, monkeypatch
     predicts every judged sample of fold k, including samples the round had dropped."""
     from conftest import tiny_manifest
 
-    from noisytail.cleaning import out_of_fold
-    from noisytail.cleaning.rules import fold_assignment
+    from noisytail.cleaning import predictions as cleaning_predictions_module
+    from noisytail.cleaning.predictions import fold_assignment
 
     original = tiny_manifest(tmp_path / "toy", per_class=(12, 8, 6))
     train_rows = original.split("train")
@@ -146,10 +149,10 @@ def test_out_of_fold_models_never_train_on_what_they_judge(tmp_path, monkeypatch
         seen.append(set(manifest.split("train")["sample_id"]))
         return run_recipe(recipe, model, config, augment, manifest, out, **kwargs)
 
-    monkeypatch.setattr(out_of_fold, "run_recipe", recording_recipe)
+    monkeypatch.setattr(cleaning_predictions_module, "run_recipe", recording_recipe)
     from accelerate import Accelerator
 
-    table = out_of_fold.out_of_fold_predictions(
+    table = cleaning_predictions_module.out_of_fold_predictions(
         round_input, original, 2, MODEL, TrainConfig(epochs=1, batch_size=8, workers=0,
         image_size=32), NO_AUGMENT, tmp_path / "folds", accelerator=Accelerator(cpu=True),
     )  # fmt: skip

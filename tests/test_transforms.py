@@ -4,11 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
+from noisytail.data.config import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    AugmentConfig,
     eval_transform,
     seed_transform,
     train_transform,

@@ -3,7 +3,8 @@
 import numpy as np
 import optuna
 
-from noisytail.test_time.tuning import TuningConfig, tune_tau, tune_tta, tune_weights
+from noisytail.test_time.config import TuningConfig
+from noisytail.test_time.tuning import tune_tau, tune_tta, tune_weights
 
 
 def cache(n=300, classes=4, seed=0, norm=(1.0, 1.0, 3.0, 3.0)):

@@ -14,11 +14,13 @@ import yaml
 from conftest import REPO, save_image
 
 from noisytail.config import ConfigError
-from noisytail.data.prepare import BenchmarkConfig, DataConfig, prepare
+from noisytail.data.config import BenchmarkConfig, DataConfig
+from noisytail.data.prepare import prepare
 from noisytail.data.sources import import_table
 from noisytail.params import check_params, load_params
 from noisytail.progress import progress
-from noisytail.training.engine import claim_run_dir, run_identity, seed_everything
+from noisytail.training.checkpoints import claim_run_dir, run_identity
+from noisytail.training.engine import seed_everything
 
 
 def long_tail_table(folder, sizes=(500, 50, 20, 5, 1)):

@@ -14,10 +14,12 @@ from safetensors.torch import save_file
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import eval_transform, train_transform
-from noisytail.models.network import ModelConfig, load_network
+from noisytail.models.config import ModelConfig
+from noisytail.models.network import load_network
 from noisytail.prediction import predict_top_k, write_predictions
-from noisytail.training.engine import TrainConfig, fit, seed_everything
-from noisytail.training.recipes import RecipeConfig, build_recipe_model
+from noisytail.training.config import RecipeConfig, TrainConfig
+from noisytail.training.engine import fit, seed_everything
+from noisytail.training.recipes import build_recipe_model
 
 mode, manifest_path, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 accelerator = Accelerator(cpu=True)

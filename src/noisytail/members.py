@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from noisytail.config import ConfigError, check_choice, from_mapping
-from noisytail.data.transforms import AugmentConfig
-from noisytail.models.network import ModelConfig
-from noisytail.training.engine import TrainConfig
-from noisytail.training.recipes import RecipeConfig
+from noisytail.data.config import AugmentConfig
+from noisytail.models.config import ModelConfig
+from noisytail.training.config import RecipeConfig, TrainConfig
 
 STEPS = ("full", "hires", "balance")
 MEMBER_KEYS = ("round", "seed", "model", "augment", "train", "hires", "balance")

@@ -14,15 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from noisytail.cleaning.rules import round_config
+from noisytail.cleaning.config import round_config
 from noisytail.config import ConfigError, from_mapping, load_params
-from noisytail.data.prepare import BenchmarkConfig, DataConfig
-from noisytail.data.transforms import AugmentConfig
+from noisytail.data.config import AugmentConfig, BenchmarkConfig, DataConfig
 from noisytail.members import check_members, member_plan
-from noisytail.models.network import PRESETS, ModelConfig
-from noisytail.test_time.tuning import TuningConfig
-from noisytail.test_time.views import TTAConfig
-from noisytail.training.engine import TrainConfig
+from noisytail.models.config import PRESETS, ModelConfig
+from noisytail.test_time.config import TTAConfig, TuningConfig
+from noisytail.training.config import TrainConfig
 
 SECTIONS = ("seed", "launcher", "data", "benchmark", "augment", "model", "train", "hires", "crt",
             "balanced_subset", "tracking", "cleaning", "gallery", "members", "test_time",

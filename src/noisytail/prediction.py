@@ -17,9 +17,10 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from noisytail.data.config import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, ManifestError
-from noisytail.data.transforms import AugmentConfig, eval_transform
+from noisytail.data.transforms import eval_transform
 from noisytail.metrics import classification_report
 from noisytail.models.network import NoisyTailNet
 from noisytail.progress import progress

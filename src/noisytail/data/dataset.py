@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from noisytail.data.config import BAD_IMAGE_POLICIES
 from noisytail.data.manifest import MAX_LISTED, Manifest, ManifestError
 from noisytail.data.transforms import seed_transform
 from noisytail.errors import NoisytailError
 from noisytail.progress import progress
 
-BAD_IMAGE_POLICIES = ("error", "skip")
 # Images up to this many bytes each (a 64 x 64 RGB image is 12 kB) and this many in all are
 # decoded once into one memory-mapped array; larger ones are decoded from their files each time.
 CACHE_MAX_IMAGE_BYTES = 64 * 64 * 3

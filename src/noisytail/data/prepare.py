@@ -3,67 +3,22 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from noisytail.config import ConfigError, check_choice, check_range
-from noisytail.data.dataset import BAD_IMAGE_POLICIES, apply_bad_image_policy, find_bad_images
+from noisytail.config import ConfigError
+from noisytail.data.config import SOURCES, BenchmarkConfig, DataConfig
+from noisytail.data.dataset import apply_bad_image_policy, find_bad_images
 from noisytail.data.manifest import Manifest, validate
 from noisytail.data.sources import (
-    FASHION_MNIST_DIR,
     empty_class_folders,
-    hold_out_validation,
     import_fmnist_lt_n,
     import_image_folder,
     import_table,
 )
-
-SOURCES = ("fmnist_lt_n", "image_folder", "table")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """``data:`` in params.yaml."""
-
-    source: str = "fmnist_lt_n"  # fmnist_lt_n | image_folder | table
-    path: str = ""  # image folder or CSV/parquet table for the user sources
-    root: str = ""  # folder that relative paths in a table are resolved against
-    val_fraction: float = 0.1  # user data without a val split: hold out this share per class,
-    val_per_class: int = 100  # at most this many,
-    val_min_class: int = 10  # and nothing from a class with fewer images
-    on_bad_image: str = "error"  # error | skip
-    check_workers: int = 8
-    fashion_mnist_dir: str = str(FASHION_MNIST_DIR)
-
-    def __post_init__(self) -> None:
-        check_choice("data.source", self.source, SOURCES)
-        check_choice("data.on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
-        check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
-        check_range("data.val_per_class", self.val_per_class, 0)
-        if self.source != "fmnist_lt_n" and not self.path:
-            raise ConfigError(
-                f"data.path: the {self.source!r} source needs the path of your "
-                f"{'image folder' if self.source == 'image_folder' else 'table'}"
-            )
-
-
-@dataclass(frozen=True)
-class BenchmarkConfig:
-    """``benchmark:`` in params.yaml: FMNIST-LT-N (shared/BENCHMARK.md)."""
-
-    n_max: int = 5000
-    rho: float = 100.0
-    noise_type: str = "imb"
-    eta: float = 0.4
-    val_per_class: int = 100
-
-    def __post_init__(self) -> None:
-        check_choice("benchmark.noise_type", self.noise_type, ("imb", "sym"))
-        check_range("benchmark.eta", self.eta, 0.0, 0.99)
-        check_range("benchmark.rho", self.rho, 1.0)
+from noisytail.data.validation import hold_out_validation
 
 
 def import_source(

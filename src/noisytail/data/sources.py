@@ -12,10 +12,10 @@ import pandas as pd
 from PIL import Image
 
 from noisytail.data.benchmark import make_long_tail_noisy
+from noisytail.data.config import FASHION_MNIST_DIR
 from noisytail.data.manifest import Manifest, ManifestError, validate
 from noisytail.progress import progress
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -224,25 +224,3 @@ def import_table(
         table["true_label"] = truth.map(index).fillna(-1).astype(np.int64)
     validate(table, classes, path)
     return Manifest(table, classes, Path(root).resolve() if root else path.parent.resolve())
-
-
-def hold_out_validation(
-    manifest: Manifest,
-    fraction: float = 0.1,
-    per_class: int = 100,
-    min_class: int = 10,
-    seed: int = 0,
-) -> tuple[Manifest, dict[str, int]]:
-    """Move ``floor(fraction * n)`` random training samples of each class (at most ``per_class``)
-    to the ``val`` split, and none from a class with fewer than ``min_class`` images: on a
-    long-tailed set a fixed number per class would strip the tail classes bare. Returns the
-    manifest and how many were held out per class (by name)."""
-    table = manifest.table.copy()
-    rng = np.random.default_rng(seed)
-    held = dict.fromkeys(manifest.classes, 0)
-    for label, rows in table[table["split"] == "train"].groupby("label"):
-        take = 0 if len(rows) < min_class else min(per_class, int(fraction * len(rows)))
-        if take > 0:
-            table.loc[rng.choice(rows.index.to_numpy(), take, replace=False), "split"] = "val"
-        held[manifest.classes[label]] = take
-    return manifest.with_table(table), held

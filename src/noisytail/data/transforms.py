@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
 
 import numpy as np
-
-from noisytail.config import ConfigError, check_choice, check_range
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -27,40 +23,10 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from noisytail.data.config import AugmentConfig
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CROPS = ("pad", "zoom")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """``augment:`` in params.yaml: the crop geometry and the probability of each augmentation."""
-
-    crop: str = "pad"  # pad: translate within a zero border | zoom: resize up, random-crop
-    margin: float = 0.125  # pad: border of margin * size per side | zoom: resize to (1+margin)
-    hue_saturation: float = 0.0  # colour images only (skipped for one channel)
-    brightness_contrast: float = 0.0
-    gaussian_blur: float = 0.0
-    horizontal_flip: float = 0.5
-    vertical_flip: float = 0.0
-    coarse_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_choice("augment.crop", self.crop, CROPS)
-        for f in fields(self):
-            if f.name != "crop":  # the margin and the probabilities
-                check_range(f"augment.{f.name}", getattr(self, f.name), 0.0, 1.0)
-
-    @classmethod
-    def from_params(cls, params: Mapping | None) -> AugmentConfig:
-        params = dict(params or {})
-        unknown = set(params) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(
-                f"unknown augment parameter(s) {sorted(unknown)}; known: "
-                f"{sorted(f.name for f in fields(cls))}"
-            )
-        return cls(**params)
 
 
 def _normalize(channels: int) -> list:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,48 +19,12 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 from noisytail.errors import NoisytailError  # noqa: E402
+from noisytail.models.config import VIT_PREFIXES, ModelConfig  # noqa: E402
 from noisytail.models.heads import build_head  # noqa: E402
-
-# The seed's three backbones, and CPU-sized siblings that train the default benchmark.
-PRESETS: dict[str, dict] = {
-    "resnest101": {"backbone": "resnest101e"},
-    "deit_small": {"backbone": "deit_small_patch16_224"},
-    "efficientnetv2_m": {"backbone": "tf_efficientnetv2_m"},
-    "resnest14": {"backbone": "resnest14d"},
-    "deit_tiny": {"backbone": "deit_tiny_patch16_224", "patch_size": 4},
-    "efficientnetv2_b0": {"backbone": "tf_efficientnetv2_b0"},
-    "resnet18": {"backbone": "resnet18"},
-}
-VIT_PREFIXES = ("vit_", "deit", "test_vit", "eva", "beit")
 
 
 class PretrainedWeightsError(NoisytailError, FileNotFoundError):
     """Pretrained weights that are missing or do not fit the backbone."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """``model:`` in params.yaml."""
-
-    backbone: str = "resnet18"  # a preset name (PRESETS) or any timm model name
-    pretrained: str = ""  # "" (none) | a .pth/.safetensors file | "hf" (offline HF cache)
-    key_map: str = "timm"  # timm: the file uses timm's key names | ordered: map keys in order
-    embedding_dim: int = 512  # 0: no embedding layer
-    bnneck: bool = True
-    head: str = "linear"  # linear | cosine
-    lws: bool = False
-    drop_rate: float = 0.0
-    in_chans: int = 3
-    image_size: int = 32  # ViTs are built for this input size
-    patch_size: int = 0  # ViTs: 0 keeps the backbone's own
-
-    def resolved(self) -> ModelConfig:
-        """The config with a preset name expanded to its timm name and options."""
-        preset = PRESETS.get(self.backbone)
-        if preset is None:
-            return self
-        options = {k: v for k, v in preset.items() if k != "patch_size" or not self.patch_size}
-        return replace(self, **options)
 
 
 def _load_ordered(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

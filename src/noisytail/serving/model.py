@@ -31,8 +31,10 @@ from PIL import Image
 
 from noisytail.models.network import load_network
 from noisytail.prediction import model_view
+from noisytail.test_time.cache import tta_top_k
 from noisytail.test_time.ensemble import ensemble_top_k
-from noisytail.test_time.views import classifier_terms, enlarged_transform, tta_top_k, view_logits
+from noisytail.test_time.tau import classifier_terms
+from noisytail.test_time.views import enlarged_transform, view_logits
 
 SPEC_FILE = "ensemble.json"
 ENTRY = Path(__file__).with_name("entry.py")

@@ -13,32 +13,14 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import optuna
 
-from noisytail.config import check_range
 from noisytail.metrics import classification_report
+from noisytail.test_time.cache import TTA_MODES, tta_top_k
+from noisytail.test_time.config import TuningConfig
 from noisytail.test_time.ensemble import ensemble_top_k
-from noisytail.test_time.views import TTA_MODES, tta_top_k
-
-
-@dataclass(frozen=True)
-class TuningConfig:
-    """``tuning:`` in params.yaml."""
-
-    storage: str = "sqlite:///optuna.db"
-    seed: int = 0
-    tau_trials: int = 20
-    tau_max: float = 1.5
-    weight_trials: int = 40
-    top: int = 10  # each member's top-`top` enters the ensemble
-
-    def __post_init__(self) -> None:
-        for name in ("tau_trials", "weight_trials", "top"):
-            check_range(f"tuning.{name}", getattr(self, name), 1)
-        check_range("tuning.tau_max", self.tau_max, 0)
 
 
 def mean_class_error(top1: np.ndarray, labels: np.ndarray, num_classes: int) -> float:

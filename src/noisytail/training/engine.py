@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,57 +23,20 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
 
-from noisytail.config import check_choice, check_range
 from noisytail.data.dataset import ImageDataset
-from noisytail.data.samplers import SAMPLERS, build_sampler
+from noisytail.data.samplers import build_sampler
 from noisytail.metrics import classification_report
 from noisytail.models.network import NoisyTailNet, save_network
 from noisytail.progress import progress
 from noisytail.tracking import RunTracker
-
-SELECTIONS = ("last", "best_val")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """``train:`` in params.yaml (the hi-res and cRT sections override parts of it)."""
-
-    epochs: int = 10
-    batch_size: int = 128  # per process
-    optimizer: str = "sgd"  # sgd | adamw
-    base_lr: float = 0.1  # learning rate per 256 images: lr = base_lr * global batch / 256
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    schedule: str = "step"  # step | cosine
-    milestones: tuple[int, ...] = (14, 20)  # step decay epochs
-    gamma: float = 0.1
-    warmup_epochs: float = 2.0
-    min_lr: float = 0.0  # cosine floor
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # mixup alpha (0: off)
-    cutmix: float = 0.0  # cutmix alpha (0: off)
-    grad_clip: float = 0.0  # max gradient norm (0: off)
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    sampler: str = "instance_balanced"
-    image_size: int = 32
-    workers: int = 2
-    keep_checkpoints: int = 1
-    snapshot_epochs: tuple[int, ...] = ()  # also keep model_epoch_<e>.safetensors (early weights)
-    select: str = "last"  # last: the final epoch's weights | best_val: the lowest val MCE epoch's
-    deterministic: bool = False  # GPUs: deterministic kernels (same seed, same weights; slower)
-    cpu: bool = False  # force the CPU even where a GPU is present
-
-    def __post_init__(self) -> None:
-        check_choice("train.select", self.select, SELECTIONS)
-        check_choice("train.sampler", self.sampler, SAMPLERS)
-        check_choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
-        check_choice("train.schedule", self.schedule, ("step", "cosine"))
-        check_choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
-        for name in ("epochs", "batch_size", "image_size"):
-            check_range(f"train.{name}", getattr(self, name), 1)
-        for name in ("base_lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup",
-                     "cutmix", "grad_clip"):  # fmt: skip
-            check_range(f"train.{name}", getattr(self, name), 0)
+from noisytail.training.checkpoints import (
+    claim_run_dir,
+    copy_network,
+    latest_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
+from noisytail.training.config import TrainConfig
 
 
 def learning_rate(step: int, steps_per_epoch: int, peak: float, config: TrainConfig) -> float:
@@ -123,12 +85,6 @@ def evaluate(
         torch.cat(predictions).numpy(), torch.cat(targets).numpy(), num_classes
     )
     return {f"val_{k}": v for k, v in report.items()}
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete epoch checkpoint (incomplete ones are written under a .tmp name)."""
-    done = sorted(p for p in folder.glob("epoch_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
 
 
 def fit(
@@ -282,69 +238,6 @@ def fit(
 def selected_epoch(history: list[dict]) -> int:
     """The epoch (1-based) of the lowest validation mean class error; the later one on a tie."""
     return min(history, key=lambda h: (h["val_mean_class_error"], -h["epoch"]))["epoch"]
-
-
-def copy_network(source: Path, target: Path) -> None:
-    """Copy a saved network (weights and its .json) so that ``target`` is never half written."""
-    for suffix in (".json", ".safetensors"):
-        partial = target.with_name(f"partial_{target.stem}{suffix}")
-        shutil.copyfile(source.with_suffix(suffix), partial)
-        partial.replace(target.with_suffix(suffix))
-
-
-def run_identity(inputs: str, processes: int) -> dict[str, str | int]:
-    """What a checkpoint may be resumed under: the same inputs, the same number of processes (it
-    sets the global batch, the learning rate and the data sharding) and the same libraries."""
-    import albumentations
-    import timm
-
-    return {"inputs": inputs, "processes": processes, "torch": torch.__version__,
-            "timm": timm.__version__, "albumentations": albumentations.__version__}  # fmt: skip
-
-
-def claim_run_dir(out_dir: Path, identity: dict) -> None:
-    """Keep ``out_dir``'s checkpoints only if a run of this ``identity`` made them; otherwise
-    start afresh and say what changed."""
-    stamp = out_dir / "fingerprint"
-    if stamp.exists():
-        try:
-            before = json.loads(stamp.read_text())
-        except json.JSONDecodeError:  # the plain-text stamp of older versions
-            before = {"inputs": stamp.read_text()}
-        changed = [k for k in identity if before.get(k) != identity[k]]
-        if changed:
-            why = ", ".join(
-                "inputs (data, configs or code)" if k == "inputs"
-                else f"{k} {before.get(k)} -> {identity[k]}" for k in changed
-            )  # fmt: skip
-            print(f"{out_dir}: {why} changed since the last run; starting afresh")
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-            stale = ["done.json", "model.safetensors", "model.json", "mlflow_run_id",
-                     "member_run_id", "model_best.safetensors", "model_best.json"]  # fmt: skip
-            for path in [*(out_dir / n for n in stale), *out_dir.glob("model_epoch_*")]:
-                path.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(identity, sort_keys=True))
-
-
-def save_checkpoint(
-    accelerator: Accelerator, folder: Path, epoch: int, history: list, keep: int
-) -> Path:
-    """``accelerator.save_state`` under a temporary name, renamed once complete."""
-    final = folder / f"epoch_{epoch:04d}"
-    partial = folder / f"epoch_{epoch:04d}.tmp"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (partial / "history.json").write_text(json.dumps(history))
-        partial.rename(final)
-        for old in sorted(p for p in folder.glob("epoch_*") if not p.name.endswith(".tmp"))[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

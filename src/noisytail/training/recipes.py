@@ -10,38 +10,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from safetensors.torch import load_file
 
-from noisytail.cleaning.rules import balanced_subset
+from noisytail.data.config import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, manifest_digest
-from noisytail.data.transforms import AugmentConfig, eval_transform, train_transform
-from noisytail.models.network import ModelConfig, NoisyTailNet, build_network
+from noisytail.data.transforms import eval_transform, train_transform
+from noisytail.models.config import ModelConfig
+from noisytail.models.network import NoisyTailNet, build_network
 from noisytail.tracking import RunTracker
-from noisytail.training.engine import (
-    TrainConfig,
-    claim_run_dir,
-    fit,
-    run_identity,
-    seed_everything,
-)
-
-RECIPES = ("full", "hires", "crt", "balanced_subset")
-
-
-@dataclass(frozen=True)
-class RecipeConfig:
-    name: str = "full"
-    init_from: str = ""  # weights to start from (required by hires, crt, balanced_subset)
-    subset_per_class: int = 30  # balanced_subset: the k most confident samples per class
-    confidences: str = ""  # balanced_subset: predictions parquet with sample_id, label_prob
-    finetune: str = "classifier"  # balanced_subset: classifier | all
+from noisytail.training.checkpoints import claim_run_dir, run_fingerprint, run_identity
+from noisytail.training.config import RECIPES, RecipeConfig, TrainConfig
+from noisytail.training.engine import fit, seed_everything
 
 
 def build_recipe_model(
@@ -182,30 +167,10 @@ def run_tracked_recipe(
     return result
 
 
-# The library code a trained model depends on (dvc.yaml's training stages list the same paths):
-# changing it re-trains; changing the rest (prediction, ensembling, tuning, tracking) does not.
-TRAINING_CODE = ("config.py", "errors.py", "metrics.py", "progress.py", "cleaning/rules.py", "data",
-                 "models", "training")  # fmt: skip
-
-
-def code_digest() -> str:
-    """A hash of the training code: a run folder left by other code is not resumed."""
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for name in TRAINING_CODE:
-        path = package / name
-        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(source.relative_to(package).as_posix().encode() + source.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def run_fingerprint(*parts) -> str:
-    """A hash of a run's inputs: configs, the training rows (ids and labels), the seed and the
-    library's code (under DVC, a code change re-runs the stage: it must then really retrain)."""
-    text = [code_digest()]
-    for part in parts:
-        if isinstance(part, pd.DataFrame):
-            text.append(manifest_digest(part[["sample_id", "label"]]))
-        else:
-            text.append(json.dumps(asdict(part) if is_dataclass(part) else part, sort_keys=True))
-    return hashlib.sha256("|".join(text).encode()).hexdigest()[:16]
+def balanced_subset(rows: pd.DataFrame, confidence: np.ndarray, per_class: int) -> pd.DataFrame:
+    """The ``per_class`` most confident rows of each class (all of a smaller one), in row order."""
+    ranked = rows.assign(_confidence=np.asarray(confidence)).sort_values(
+        ["label", "_confidence"], ascending=[True, False], kind="stable"
+    )
+    chosen = ranked.groupby("label", sort=False).head(per_class).index
+    return rows.loc[sorted(chosen)].reset_index(drop=True)

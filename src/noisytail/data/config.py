@@ -1,0 +1,93 @@
+"""``data:``, ``benchmark:`` and ``augment:`` in params.yaml, typed and range-checked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from noisytail.config import ConfigError, check_choice, check_range
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+SOURCES = ("fmnist_lt_n", "image_folder", "table")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data:`` in params.yaml."""
+
+    source: str = "fmnist_lt_n"  # fmnist_lt_n | image_folder | table
+    path: str = ""  # image folder or CSV/parquet table for the user sources
+    root: str = ""  # folder that relative paths in a table are resolved against
+    val_fraction: float = 0.1  # user data without a val split: hold out this share per class,
+    val_per_class: int = 100  # at most this many,
+    val_min_class: int = 10  # and nothing from a class with fewer images
+    on_bad_image: str = "error"  # error | skip
+    check_workers: int = 8
+    fashion_mnist_dir: str = str(FASHION_MNIST_DIR)
+
+    def __post_init__(self) -> None:
+        check_choice("data.source", self.source, SOURCES)
+        check_choice("data.on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
+        check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
+        check_range("data.val_per_class", self.val_per_class, 0)
+        if self.source != "fmnist_lt_n" and not self.path:
+            raise ConfigError(
+                f"data.path: the {self.source!r} source needs the path of your "
+                f"{'image folder' if self.source == 'image_folder' else 'table'}"
+            )
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """``benchmark:`` in params.yaml: FMNIST-LT-N (shared/BENCHMARK.md)."""
+
+    n_max: int = 5000
+    rho: float = 100.0
+    noise_type: str = "imb"
+    eta: float = 0.4
+    val_per_class: int = 100
+
+    def __post_init__(self) -> None:
+        check_choice("benchmark.noise_type", self.noise_type, ("imb", "sym"))
+        check_range("benchmark.eta", self.eta, 0.0, 0.99)
+        check_range("benchmark.rho", self.rho, 1.0)
+
+
+CROPS = ("pad", "zoom")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """``augment:`` in params.yaml: the crop geometry and the probability of each augmentation."""
+
+    crop: str = "pad"  # pad: translate within a zero border | zoom: resize up, random-crop
+    margin: float = 0.125  # pad: border of margin * size per side | zoom: resize to (1+margin)
+    hue_saturation: float = 0.0  # colour images only (skipped for one channel)
+    brightness_contrast: float = 0.0
+    gaussian_blur: float = 0.0
+    horizontal_flip: float = 0.5
+    vertical_flip: float = 0.0
+    coarse_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("augment.crop", self.crop, CROPS)
+        for f in fields(self):
+            if f.name != "crop":  # the margin and the probabilities
+                check_range(f"augment.{f.name}", getattr(self, f.name), 0.0, 1.0)
+
+    @classmethod
+    def from_params(cls, params: Mapping | None) -> AugmentConfig:
+        params = dict(params or {})
+        unknown = set(params) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(
+                f"unknown augment parameter(s) {sorted(unknown)}; known: "
+                f"{sorted(f.name for f in fields(cls))}"
+            )
+        return cls(**params)
+
+
+BAD_IMAGE_POLICIES = ("error", "skip")
