@@ -29,15 +29,15 @@ from accelerate import Accelerator
 from common import print_table, write_result
 
 from noisytail.config import from_mapping, load_params
-from noisytail.data.config import AugmentConfig, BenchmarkConfig, DataConfig
+from noisytail.config.data import AugmentConfig, BenchmarkConfig, DataConfig
+from noisytail.config.model import ModelConfig
+from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, read_manifest, write_manifest
 from noisytail.data.prepare import prepare
 from noisytail.metrics import classification_report
-from noisytail.models.config import ModelConfig
 from noisytail.models.network import load_network
 from noisytail.prediction import evaluate_split
-from noisytail.training.config import RecipeConfig, TrainConfig
 from noisytail.training.recipes import run_recipe
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530

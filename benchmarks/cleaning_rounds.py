@@ -39,10 +39,10 @@ from baseline import plain_recipe
 from common import print_table, write_result
 
 from noisytail.config import flatten
+from noisytail.config.members import member_plan
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import eval_transform
-from noisytail.members import member_plan
 from noisytail.models.network import load_network
 from noisytail.prediction import model_view, predict_top_k
 from noisytail.test_time.selection import compare_on_val

@@ -139,9 +139,9 @@ def peak_gb() -> float:
 def one_size(n: int, queries: int, nprobe: int, refinement: int, isotropic: float) -> dict:
     """Build the synthetic round, then time the decision alone (the work a round does)."""
     import noisytail.cleaning.neighbours as neighbours
-    from noisytail.cleaning.config import CleaningConfig
     from noisytail.cleaning.reports import detection_report
     from noisytail.cleaning.rules import judge_predictions
+    from noisytail.config.cleaning import CleaningConfig
 
     table, embedding, truth, classes = synthetic_round(n, isotropic)
     config = CleaningConfig(neighbours=NEIGHBOURS, neighbour_index="faiss", nprobe=nprobe,
@@ -185,10 +185,10 @@ def one_size(n: int, queries: int, nprobe: int, refinement: int, isotropic: floa
 def fmnist_agreement(rounds: list[int], params_path: str = "params.yaml") -> list[dict]:
     """Each round of FMNIST-LT-N judged from its stored predictions with exact and with faiss
     neighbours (every other setting as in params.yaml): detection F1 of both against the truth."""
-    from noisytail.cleaning.config import round_config
     from noisytail.cleaning.reports import detection_report
     from noisytail.cleaning.rules import judge_predictions, judged_samples
     from noisytail.config import load_params
+    from noisytail.config.cleaning import round_config
     from noisytail.data.manifest import read_manifest
     from noisytail.prediction import read_embeddings, read_predictions
 

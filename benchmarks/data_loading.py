@@ -17,7 +17,7 @@ from common import print_table, write_result
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import train_transform

@@ -21,7 +21,7 @@ from baseline import benchmark_data, noisytail_recipe
 from common import RESULTS, print_table, write_result
 
 from noisytail.config import load_params
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
 from noisytail.models.network import load_network
 from noisytail.prediction import evaluate_split
 from noisytail.training.engine import selected_epoch

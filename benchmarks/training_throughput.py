@@ -18,14 +18,14 @@ from common import print_table, write_result
 from torch.utils.data import DataLoader
 
 from noisytail.config import from_mapping, load_params
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
+from noisytail.config.model import ModelConfig
+from noisytail.config.training import TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.samplers import build_sampler
 from noisytail.data.transforms import eval_transform, train_transform
-from noisytail.models.config import ModelConfig
 from noisytail.models.network import build_network
-from noisytail.training.config import TrainConfig
 from noisytail.training.engine import build_optimizer, fit, seed_everything
 
 

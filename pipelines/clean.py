@@ -11,14 +11,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from noisytail.cleaning.config import round_config
 from noisytail.cleaning.edits import cleaned_manifest
 from noisytail.cleaning.gallery import DECISION_COLUMNS, write_gallery
 from noisytail.cleaning.reports import clean_retention, decision_counts, detection_report
 from noisytail.cleaning.rules import judge_predictions, judged_samples
+from noisytail.config.cleaning import round_config
+from noisytail.config.params import load_checked_params
 from noisytail.data.manifest import ManifestError, read_manifest, write_manifest
 from noisytail.errors import report_expected_errors
-from noisytail.params import load_checked_params
 from noisytail.plots import confidence_histogram
 from noisytail.prediction import read_embeddings, read_predictions
 from noisytail.tracking import RunTracker

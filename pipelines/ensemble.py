@@ -18,13 +18,13 @@ import pandas as pd
 import yaml
 
 from noisytail.config import from_mapping, load_params
+from noisytail.config.params import load_checked_params
+from noisytail.config.test_time import TTAConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
 from noisytail.metrics import classification_report, per_class_recall
-from noisytail.params import load_checked_params
 from noisytail.plots import accuracy_by_frequency
 from noisytail.test_time.cache import load_views, split_rows, tta_top_k
-from noisytail.test_time.config import TTAConfig
 from noisytail.test_time.ensemble import ensemble_top_k
 
 PREPARED = "data/prepared/manifest.parquet"

@@ -7,13 +7,13 @@ import argparse
 import json
 from pathlib import Path
 
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
+from noisytail.config.params import load_checked_params
+from noisytail.config.training import TrainConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
 from noisytail.models.network import load_network
-from noisytail.params import load_checked_params
 from noisytail.prediction import check_classes, evaluate_splits, model_view
-from noisytail.training.config import TrainConfig
 from noisytail.training.engine import make_accelerator
 
 

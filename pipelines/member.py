@@ -15,11 +15,11 @@ import argparse
 import json
 from dataclasses import asdict
 
+from noisytail.config.members import STEPS, member_plan
+from noisytail.config.params import load_checked_params
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
-from noisytail.members import STEPS, member_plan
 from noisytail.models.network import load_network
-from noisytail.params import load_checked_params
 from noisytail.prediction import evaluate_splits, model_view
 from noisytail.tracking import RunTracker, git_commit
 from noisytail.training.engine import make_accelerator

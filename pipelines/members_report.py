@@ -11,9 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
+from noisytail.config.members import STEPS, member_plan
+from noisytail.config.params import load_checked_params
 from noisytail.errors import report_expected_errors
-from noisytail.members import STEPS, member_plan, members_summary, read_member_metrics
-from noisytail.params import load_checked_params
+from noisytail.members import members_summary, read_member_metrics
 from noisytail.plots import member_steps
 from noisytail.tracking import RunTracker
 

@@ -8,20 +8,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from noisytail.cleaning.config import round_config
 from noisytail.cleaning.predictions import cleaning_predictions
 from noisytail.cleaning.rules import judged_samples
 from noisytail.config import from_mapping
-from noisytail.data.config import AugmentConfig
+from noisytail.config.cleaning import round_config
+from noisytail.config.data import AugmentConfig
+from noisytail.config.model import ModelConfig
+from noisytail.config.params import load_checked_params
+from noisytail.config.training import TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import ManifestError, read_manifest
 from noisytail.data.transforms import eval_transform
 from noisytail.errors import report_expected_errors
-from noisytail.models.config import ModelConfig
 from noisytail.models.network import load_network
-from noisytail.params import load_checked_params
 from noisytail.prediction import predict_top_k, write_predictions
-from noisytail.training.config import TrainConfig
 from noisytail.training.engine import make_accelerator
 
 

@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from noisytail.config import from_mapping
+from noisytail.config.members import member_plan
+from noisytail.config.params import load_checked_params
+from noisytail.config.test_time import TTAConfig
+from noisytail.config.training import TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
-from noisytail.members import member_plan
 from noisytail.models.network import load_network
-from noisytail.params import load_checked_params
 from noisytail.prediction import check_classes, model_view
 from noisytail.test_time.cache import stack_caches
-from noisytail.test_time.config import TTAConfig
 from noisytail.test_time.views import enlarged_transform, predict_views
-from noisytail.training.config import TrainConfig
 from noisytail.training.engine import make_accelerator
 
 PREPARED = "data/prepared/manifest.parquet"

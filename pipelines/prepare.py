@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from noisytail.config import from_mapping
-from noisytail.data.config import BenchmarkConfig, DataConfig
+from noisytail.config.data import BenchmarkConfig, DataConfig
+from noisytail.config.params import load_checked_params
 from noisytail.data.manifest import write_manifest
 from noisytail.data.prepare import prepare
 from noisytail.errors import report_expected_errors
-from noisytail.params import load_checked_params
 from noisytail.plots import class_distribution
 
 

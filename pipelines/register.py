@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 
 from noisytail.config import from_mapping, load_params
+from noisytail.config.members import member_plan
+from noisytail.config.params import load_checked_params
+from noisytail.config.test_time import TTAConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
-from noisytail.members import member_plan
-from noisytail.params import load_checked_params
 from noisytail.serving.model import log_ensemble
-from noisytail.test_time.config import TTAConfig
 from noisytail.tracking import RunTracker, latest_version
 
 PREPARED = "data/prepared/manifest.parquet"

@@ -12,13 +12,13 @@ import argparse
 from pathlib import Path
 
 from noisytail.config import from_mapping
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
+from noisytail.config.model import ModelConfig
+from noisytail.config.params import load_checked_params
+from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
-from noisytail.models.config import ModelConfig
-from noisytail.params import load_checked_params
 from noisytail.tracking import RunTracker
-from noisytail.training.config import RecipeConfig, TrainConfig
 from noisytail.training.engine import make_accelerator
 from noisytail.training.recipes import claim_recipe_dir, recipe_fingerprint, run_tracked_recipe
 

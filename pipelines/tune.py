@@ -15,10 +15,10 @@ from pathlib import Path
 import yaml
 
 from noisytail.config import from_mapping
+from noisytail.config.params import load_checked_params
+from noisytail.config.test_time import TTAConfig, TuningConfig
 from noisytail.errors import report_expected_errors
-from noisytail.params import load_checked_params
 from noisytail.test_time.cache import load_views, tta_top_k
-from noisytail.test_time.config import TTAConfig, TuningConfig
 from noisytail.test_time.tuning import tune_tau, tune_tta, tune_weights
 from noisytail.tracking import GroupedChildRuns, RunTracker
 

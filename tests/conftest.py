@@ -17,7 +17,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # Decoded-image caches of the tests' throw-away images go to a throw-away folder.
 os.environ.setdefault("NOISYTAIL_CACHE_DIR", tempfile.mkdtemp(prefix="noisytail-test-cache-"))
 
-from noisytail.data.config import FASHION_MNIST_DIR
+from noisytail.config.data import FASHION_MNIST_DIR
 from noisytail.data.manifest import Manifest  # noqa: E402
 from noisytail.data.sources import FASHION_MNIST_FILES
 

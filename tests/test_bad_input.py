@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import save_image
 
-from noisytail.data.config import BenchmarkConfig, DataConfig
+from noisytail.config.data import BenchmarkConfig, DataConfig
 from noisytail.data.dataset import (
     BadImageError,
     ImageDataset,

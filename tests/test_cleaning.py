@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisytail.cleaning.config import CleaningConfig
 from noisytail.cleaning.edits import apply_decisions
 from noisytail.cleaning.predictions import fold_assignment, merge_out_of_fold
 from noisytail.cleaning.reports import clean_retention, detection_report
 from noisytail.cleaning.rules import decide, scores
+from noisytail.config.cleaning import CleaningConfig
 from noisytail.training.recipes import balanced_subset
 
 
@@ -188,8 +188,8 @@ def test_judge_all_gives_a_dropped_sample_back(tmp_path):
 
 
 def test_a_round_entry_overrides_the_cleaning_settings():
-    from noisytail.cleaning.config import round_config
     from noisytail.config import ConfigError
+    from noisytail.config.cleaning import round_config
 
     section = {
         "threshold": 0.8,

@@ -7,8 +7,9 @@ import yaml
 from conftest import REPO
 
 from noisytail.config import ConfigError
-from noisytail.members import member_plan, members_summary
-from noisytail.params import check_params
+from noisytail.config.members import member_plan
+from noisytail.config.params import check_params
+from noisytail.members import members_summary
 
 ROUNDS = [
     {"round": 1, "input": "data/prepared", "output": "data/clean/round_1"},

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from noisytail.models.config import PRESETS, ModelConfig
+from noisytail.config.model import PRESETS, ModelConfig
 from noisytail.models.heads import CosineClassifier, LearnableWeightScaling, tau_normalize
 from noisytail.models.network import (
     PretrainedWeightsError,

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from noisytail.cleaning.config import CleaningConfig
 from noisytail.cleaning.neighbours import nearest_neighbours
 from noisytail.cleaning.refinement import refine_neighbours
+from noisytail.config.cleaning import CleaningConfig
 
 
 def points_and_truth(n=600, dim=16, k=10, seed=0):

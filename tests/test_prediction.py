@@ -4,10 +4,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from noisytail.config.model import ModelConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import ManifestError
 from noisytail.data.transforms import eval_transform
-from noisytail.models.config import ModelConfig
 from noisytail.models.network import build_network
 from noisytail.prediction import (
     predict_top_k,

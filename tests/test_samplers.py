@@ -86,3 +86,10 @@ def test_unknown_sampler_and_bad_rank():
         build_sampler("cbs2", LABELS)
     with pytest.raises(ValueError, match="rank 3"):
         build_sampler("instance_balanced", LABELS, num_replicas=3, rank=3)
+
+
+def test_the_config_knows_every_sampler_by_name():
+    from noisytail.config.training import SAMPLERS as NAMES
+    from noisytail.data.samplers import SAMPLERS
+
+    assert tuple(SAMPLERS) == NAMES

@@ -7,10 +7,10 @@ from accelerate import Accelerator
 from conftest import tiny_manifest
 from torchvision.transforms.v2.functional import ten_crop
 
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
+from noisytail.config.model import ModelConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.transforms import eval_transform
-from noisytail.models.config import ModelConfig
 from noisytail.models.heads import tau_normalize
 from noisytail.models.network import build_network
 from noisytail.test_time.cache import TTA_MODES, tta_top_k

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from noisytail.data.config import AugmentConfig
-from noisytail.models.config import ModelConfig
-from noisytail.training.config import RecipeConfig, TrainConfig
+from noisytail.config.data import AugmentConfig
+from noisytail.config.model import ModelConfig
+from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.training.engine import learning_rate, selected_epoch
 from noisytail.training.recipes import run_recipe, training_rows
 

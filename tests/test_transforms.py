@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.transforms import (
     IMAGENET_MEAN,

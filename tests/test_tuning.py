@@ -3,7 +3,7 @@
 import numpy as np
 import optuna
 
-from noisytail.test_time.config import TuningConfig
+from noisytail.config.test_time import TuningConfig
 from noisytail.test_time.tuning import tune_tau, tune_tta, tune_weights
 
 

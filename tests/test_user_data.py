@@ -14,10 +14,10 @@ import yaml
 from conftest import REPO, save_image
 
 from noisytail.config import ConfigError
-from noisytail.data.config import BenchmarkConfig, DataConfig
+from noisytail.config.data import BenchmarkConfig, DataConfig
+from noisytail.config.params import check_params, load_params
 from noisytail.data.prepare import prepare
 from noisytail.data.sources import import_table
-from noisytail.params import check_params, load_params
 from noisytail.progress import progress
 from noisytail.training.checkpoints import claim_run_dir, run_identity
 from noisytail.training.engine import seed_everything

@@ -11,13 +11,13 @@ from pathlib import Path
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
+from noisytail.config.model import ModelConfig
+from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.transforms import eval_transform, train_transform
-from noisytail.models.config import ModelConfig
 from noisytail.models.network import load_network
 from noisytail.prediction import predict_top_k, write_predictions
-from noisytail.training.config import RecipeConfig, TrainConfig
 from noisytail.training.engine import fit, seed_everything
 from noisytail.training.recipes import build_recipe_model
 

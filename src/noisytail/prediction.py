@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, ManifestError
 from noisytail.data.transforms import eval_transform

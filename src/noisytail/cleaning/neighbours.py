@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from noisytail.cleaning.config import SEARCHES
 from noisytail.cleaning.refinement import refine_neighbours
+from noisytail.config.cleaning import SEARCHES
 from noisytail.errors import NoisytailError
 from noisytail.prediction import top_k_arrays
 from noisytail.progress import progress

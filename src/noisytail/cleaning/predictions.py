@@ -15,15 +15,15 @@ import numpy as np
 import pandas as pd
 from accelerate import Accelerator
 
-from noisytail.cleaning.config import PREDICTION_SOURCES, CleaningConfig
-from noisytail.data.config import AugmentConfig
+from noisytail.config.cleaning import PREDICTION_SOURCES, CleaningConfig
+from noisytail.config.data import AugmentConfig
+from noisytail.config.model import ModelConfig
+from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest
 from noisytail.data.transforms import eval_transform
-from noisytail.models.config import ModelConfig
 from noisytail.models.network import load_network
 from noisytail.prediction import predict_top_k
-from noisytail.training.config import RecipeConfig, TrainConfig
 from noisytail.training.recipes import run_recipe
 
 

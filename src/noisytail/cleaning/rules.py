@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from noisytail.cleaning.config import JUDGES, RULES, CleaningConfig
 from noisytail.cleaning.neighbours import neighbour_smoothed
+from noisytail.config.cleaning import JUDGES, RULES, CleaningConfig
 from noisytail.data.manifest import Manifest
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from noisytail.data.config import BAD_IMAGE_POLICIES
+from noisytail.config.data import BAD_IMAGE_POLICIES
 from noisytail.data.manifest import MAX_LISTED, Manifest, ManifestError
 from noisytail.data.transforms import seed_transform
 from noisytail.errors import NoisytailError

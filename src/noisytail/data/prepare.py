@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from noisytail.config import ConfigError
-from noisytail.data.config import SOURCES, BenchmarkConfig, DataConfig
+from noisytail.config.data import SOURCES, BenchmarkConfig, DataConfig
 from noisytail.data.dataset import apply_bad_image_policy, find_bad_images
 from noisytail.data.manifest import Manifest, validate
 from noisytail.data.sources import (

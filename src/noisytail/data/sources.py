@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from noisytail.config.data import FASHION_MNIST_DIR
 from noisytail.data.benchmark import make_long_tail_noisy
-from noisytail.data.config import FASHION_MNIST_DIR
 from noisytail.data.manifest import Manifest, ManifestError, validate
 from noisytail.progress import progress
 

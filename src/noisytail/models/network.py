@@ -18,8 +18,8 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
+from noisytail.config.model import VIT_PREFIXES, ModelConfig  # noqa: E402
 from noisytail.errors import NoisytailError  # noqa: E402
-from noisytail.models.config import VIT_PREFIXES, ModelConfig  # noqa: E402
 from noisytail.models.heads import build_head  # noqa: E402
 
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import optuna
 
+from noisytail.config.test_time import TuningConfig
 from noisytail.metrics import classification_report
 from noisytail.test_time.cache import TTA_MODES, tta_top_k
-from noisytail.test_time.config import TuningConfig
 from noisytail.test_time.ensemble import ensemble_top_k
 
 

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2.functional import ten_crop
 
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.transforms import _normalize, _zoomed
 from noisytail.models.network import NoisyTailNet

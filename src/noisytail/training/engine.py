@@ -23,6 +23,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
 
+from noisytail.config.training import TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.samplers import build_sampler
 from noisytail.metrics import classification_report
@@ -36,7 +37,6 @@ from noisytail.training.checkpoints import (
     run_identity,
     save_checkpoint,
 )
-from noisytail.training.config import TrainConfig
 
 
 def learning_rate(step: int, steps_per_epoch: int, peak: float, config: TrainConfig) -> float:

@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import load_file
 
-from noisytail.data.config import AugmentConfig
+from noisytail.config.data import AugmentConfig
+from noisytail.config.model import ModelConfig
+from noisytail.config.training import RECIPES, RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, manifest_digest
 from noisytail.data.transforms import eval_transform, train_transform
-from noisytail.models.config import ModelConfig
 from noisytail.models.network import NoisyTailNet, build_network
 from noisytail.tracking import RunTracker
 from noisytail.training.checkpoints import claim_run_dir, run_fingerprint, run_identity
-from noisytail.training.config import RECIPES, RecipeConfig, TrainConfig
 from noisytail.training.engine import fit, seed_everything
 
 

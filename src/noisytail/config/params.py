@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from noisytail.cleaning.config import round_config
 from noisytail.config import ConfigError, from_mapping, load_params
-from noisytail.data.config import AugmentConfig, BenchmarkConfig, DataConfig
-from noisytail.members import check_members, member_plan
-from noisytail.models.config import PRESETS, ModelConfig
-from noisytail.test_time.config import TTAConfig, TuningConfig
-from noisytail.training.config import TrainConfig
+from noisytail.config.cleaning import round_config
+from noisytail.config.data import AugmentConfig, BenchmarkConfig, DataConfig
+from noisytail.config.members import check_members, member_plan
+from noisytail.config.model import PRESETS, ModelConfig
+from noisytail.config.test_time import TTAConfig, TuningConfig
+from noisytail.config.training import TrainConfig
 
 SECTIONS = ("seed", "launcher", "data", "benchmark", "augment", "model", "train", "hires", "crt",
             "balanced_subset", "tracking", "cleaning", "gallery", "members", "test_time",

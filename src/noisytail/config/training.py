@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from noisytail.config import check_choice, check_range
-from noisytail.data.samplers import SAMPLERS
 
 SELECTIONS = ("last", "best_val")
+# the names of data.samplers.SAMPLERS (kept here so that configs import no torch)
+SAMPLERS = ("instance_balanced", "class_balanced", "square_root", "repeated_augmentation")
 
 
 @dataclass(frozen=True)
