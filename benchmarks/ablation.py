@@ -21,9 +21,10 @@ from common import RESULTS, print_table, write_result
 
 from noisytail.config import load_params
 from noisytail.data.manifest import read_manifest
+from noisytail.members import ranked_on_val
 from noisytail.metrics import classification_report
-from noisytail.test_time.cache import load_views, tta_top_k
-from noisytail.test_time.ensemble import ensemble_top_k
+from noisytail.test_time.cache import load_views, split_rows
+from noisytail.test_time.scoring import ensemble_rows
 
 
 def member_metrics(name: str, step: str) -> dict:
@@ -49,17 +50,16 @@ def main() -> None:
     top = params["tuning"]["top"]
 
     # A 3-member ensemble: the three best members on val (after tau and TTA), equal weights.
-    three = sorted(names, key=lambda m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"])[:3]
+    three = ranked_on_val({m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"]
+                           for m in names})[:3]  # fmt: skip
+    stored = {m: load_views(Path("data/test_time") / m, scales) for m in names}
     small = {}
     for split in ("val", "test"):
-        lists, labels = [], None
-        for m in three:
-            views = load_views(Path("data/test_time") / m, scales, split=split)
-            labels = views[f"{scales[0]:g}"]["label"]
-            t = tuned[m]
-            lists.append(tta_top_k(views[f"{t['scale']:g}"], t["tau"], t["mode"], top))
-        index, _ = ensemble_top_k(lists, k=1, top=top)
-        small[split] = classification_report(index[:, 0], labels, manifest.num_classes, counts)
+        views = {m: {s: split_rows(c, split) for s, c in stored[m].items()} for m in names}
+        labels = views[names[0]][f"{scales[0]:g}"]["label"]
+        rows, _ = ensemble_rows(views, tuned, f"{scales[0]:g}", top, {"three": three})
+        small[split] = classification_report(rows["three"][:, 0], labels, manifest.num_classes,
+                                             counts)  # fmt: skip
 
     def row(step: str, val: float | None, test: float) -> dict:
         return {"step": step, "val_mce": None if val is None else round(val, 2),
@@ -93,7 +93,7 @@ def main() -> None:
         previous = r["test_mce"]
     rows[-1]["delta"] = None
     print_table(rows)
-    best = min(names, key=lambda m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"])
+    best = ranked_on_val({m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"] for m in names})[0]
     summary = {
         "plain_noisy": baseline["plain_noisy"],
         "full_pipeline": ensemble["ensemble"]["test"]["mean_class_error"],

@@ -22,28 +22,13 @@ from noisytail.config.params import load_checked_params
 from noisytail.config.test_time import TTAConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
+from noisytail.members import ranked_on_val
 from noisytail.metrics import classification_report, per_class_recall
 from noisytail.plots import accuracy_by_frequency
-from noisytail.test_time.cache import load_views, split_rows, tta_top_k
-from noisytail.test_time.ensemble import ensemble_top_k
+from noisytail.test_time.cache import load_views, split_rows
+from noisytail.test_time.scoring import ensemble_rows
 
 PREPARED = "data/prepared/manifest.parquet"
-
-
-def score_rows(views: dict, tuned: dict, plain_scale: str, top: int):
-    """Each row's top classes: per member as trained, + tau, + tau and TTA; the ensemble with
-    equal and with tuned weights. Returns them and the tuned ensemble's top-5 lists."""
-    rows, tuned_lists = {}, []
-    for m, t in tuned.items():
-        centre = views[m][plain_scale]
-        rows[f"{m}/as_trained"] = tta_top_k(centre, None, "none", top)[0]
-        rows[f"{m}/tau"] = tta_top_k(centre, t["tau"], "none", top)[0]
-        tuned_lists.append(tta_top_k(views[m][f"{t['scale']:g}"], t["tau"], t["mode"], top))
-        rows[f"{m}/tau+tta"] = tuned_lists[-1][0]
-    rows["ensemble/equal_weights"] = ensemble_top_k(tuned_lists, k=1, top=top)[0]
-    final = ensemble_top_k(tuned_lists, [t["weight"] for t in tuned.values()], k=5, top=top)
-    rows["ensemble"] = final[0]
-    return rows, final
 
 
 def main() -> None:
@@ -69,7 +54,7 @@ def main() -> None:
         views = {m: {s: split_rows(c, split) for s, c in stored[m].items()} for m in names}
         sample_ids = next(iter(views[names[0]].values()))["sample_id"]
         labels = next(iter(views[names[0]].values()))["label"]
-        rows, lists[split] = score_rows(views, tuned, f"{scales[0]:g}", top)
+        rows, lists[split] = ensemble_rows(views, tuned, f"{scales[0]:g}", top)
         for row, index in rows.items():
             report.setdefault(row, {})[split] = {k: round(v, 3) for k, v in classification_report(
                 index[:, 0], labels, manifest.num_classes, counts.to_numpy()).items()}  # fmt: skip
@@ -84,7 +69,7 @@ def main() -> None:
         table[f"class_{rank + 1}"] = [manifest.classes[c] if c >= 0 else "" for c in index[:, rank]]
         table[f"prob_{rank + 1}"] = np.round(prob[:, rank], 5)
     table.to_csv(args.predictions, index=False)
-    best = min(names, key=lambda m: report[f"{m}/tau+tta"]["val"]["mean_class_error"])
+    best = ranked_on_val({m: report[f"{m}/tau+tta"]["val"]["mean_class_error"] for m in names})[0]
     accuracy_by_frequency(args.plot, manifest.classes, counts.to_numpy(), {
         f"{best} as trained": per_class[f"{best}/as_trained"],
         f"{best} + tau + TTA": per_class[f"{best}/tau+tta"], "ensemble": per_class["ensemble"],

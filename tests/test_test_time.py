@@ -111,3 +111,24 @@ def test_scale_one_centre_view_is_the_standard_evaluation(setup):
 def test_an_unknown_mode_is_named(setup):
     with pytest.raises(ValueError, match="TTA mode must be one of"):
         tta_top_k(setup[1], 0.0, "five_crop")
+
+
+def test_ensemble_rows_builds_members_subsets_and_the_weighted_ensemble(setup):
+    from noisytail.test_time.ensemble import ensemble_top_k
+    from noisytail.test_time.scoring import ensemble_rows, member_top_k
+
+    _, cache, _ = setup
+    views = {"a": {"1": cache}, "b": {"1": cache}}
+    tuned = {"a": {"tau": 1.0, "scale": 1.0, "mode": "ten_crop", "weight": 0.9},
+             "b": {"tau": None, "scale": 1.0, "mode": "none", "weight": 0.1}}  # fmt: skip
+    rows, (index, prob) = ensemble_rows(views, tuned, "1", top=3, subsets={"only_a": ["a"]})
+    assert set(rows) == {"a/as_trained", "a/tau", "a/tau+tta", "b/as_trained", "b/tau",
+                         "b/tau+tta", "ensemble/equal_weights", "only_a", "ensemble"}  # fmt: skip
+    a = member_top_k(views["a"], tuned["a"], 3)
+    np.testing.assert_array_equal(rows["a/tau+tta"], a[0])
+    np.testing.assert_array_equal(rows["only_a"][:, 0], a[0][:, 0])  # one member: itself
+    b = tta_top_k(cache, None, "none", 3)
+    np.testing.assert_array_equal(rows["b/as_trained"], b[0])
+    expected = ensemble_top_k([a, b], [0.9, 0.1], k=5, top=3)
+    np.testing.assert_array_equal(index, expected[0])
+    np.testing.assert_allclose(prob, expected[1])

@@ -4,9 +4,16 @@ member (on val, always: test is only reported)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from noisytail.config.members import METRICS_ROOT, STEPS
+
+
+def ranked_on_val(val_errors: Mapping[str, float]) -> list[str]:
+    """Members from the lowest validation mean class error up (ties: in the given order): the
+    one rule for "the best member", wherever one is picked."""
+    return sorted(val_errors, key=lambda name: val_errors[name])
 
 
 def read_member_metrics(names: list[str], root: Path = METRICS_ROOT) -> list[dict]:
@@ -32,7 +39,7 @@ def members_summary(rows: list[dict]) -> dict:
     by_step = {(r["member"], r["step"]): r for r in rows}
     members = sorted({r["member"] for r in rows})
     final = {m: by_step[m, STEPS[-1]] for m in members}
-    best = min(members, key=lambda m: final[m]["val_mean_class_error"])
+    best = ranked_on_val({m: final[m]["val_mean_class_error"] for m in members})[0]
     nan = float("nan")  # no few-shot classes: no gain to report
     gains = {m: final[m].get("test_few_accuracy", nan)
              - by_step[m, STEPS[-2]].get("test_few_accuracy", nan) for m in members}  # fmt: skip

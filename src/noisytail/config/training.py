@@ -53,11 +53,10 @@ class TrainConfig:
             check_range(f"train.{name}", getattr(self, name), 0)
 
 
-RECIPES = ("full", "hires", "crt", "balanced_subset")
-
-
 @dataclass(frozen=True)
 class RecipeConfig:
+    """Which recipe (``training.recipes.RECIPES``) a run follows, and what it starts from."""
+
     name: str = "full"
     init_from: str = ""  # weights to start from (required by hires, crt, balanced_subset)
     subset_per_class: int = 30  # balanced_subset: the k most confident samples per class

@@ -31,8 +31,8 @@ from PIL import Image
 
 from noisytail.models.network import load_network
 from noisytail.prediction import model_view
-from noisytail.test_time.cache import tta_top_k
 from noisytail.test_time.ensemble import ensemble_top_k
+from noisytail.test_time.scoring import member_top_k
 from noisytail.test_time.tau import classifier_terms
 from noisytail.test_time.views import enlarged_transform, view_logits
 
@@ -66,7 +66,7 @@ class EnsemblePredictor:
             value, index = view_logits(model, batch, size).topk(top, dim=2)
             cache = {"index": index.numpy().astype(np.int32), "logit": value.numpy(),
                      **classifier_terms(model)}  # fmt: skip
-            lists.append(tta_top_k(cache, member["tau"], member["mode"], self.spec["top"]))
+            lists.append(member_top_k({f"{member['scale']:g}": cache}, member, self.spec["top"]))
         weights = [m["weight"] for m, *_ in self.members]
         return ensemble_top_k(lists, weights, k=k, top=self.spec["top"])
 

@@ -1,16 +1,20 @@
-"""The seed's training recipes, each a way of calling the one training loop.
+"""The seed's training recipes: a registry of the ways of calling the one training loop.
 
-1. ``full``: train everything, instance-balanced (or any) sampling;
-2. ``hires``: start from a checkpoint, larger input, few epochs, small learning rate;
-3. ``crt``: classifier re-training (Kang et al., 2020): backbone, embedding and BNNeck frozen,
-   classifier re-initialised, class-balanced sampling;
-4. ``balanced_subset``: fine-tune the classifier (or everything) on the ``k`` most confident
-   samples of each class (the seed: 30).
+    full             train everything, with ``train.sampler`` (instance-balanced by default)
+    hires            from a checkpoint: larger input, few epochs, small learning rate
+    crt              classifier re-training (Kang et al., 2020): backbone, embedding and BNNeck
+                     frozen, classifier re-initialised, class-balanced sampling
+    balanced_subset  fine-tune the classifier (or everything) on the ``k`` most confident
+                     samples of each class (the seed: 30)
+
+A recipe says what it starts from, which samples it trains on, what it freezes and which
+sampler it imposes; ``run_recipe`` does the rest the same way for all of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from safetensors.torch import load_file
 
 from noisytail.config.data import AugmentConfig
 from noisytail.config.model import ModelConfig
-from noisytail.config.training import RECIPES, RecipeConfig, TrainConfig
+from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, manifest_digest
 from noisytail.data.transforms import eval_transform, train_transform
@@ -29,44 +33,95 @@ from noisytail.training.checkpoints import claim_run_dir, run_fingerprint, run_i
 from noisytail.training.engine import fit, seed_everything
 
 
-def build_recipe_model(
-    recipe: RecipeConfig, model_config: ModelConfig, num_classes: int
-) -> tuple[NoisyTailNet, list]:
-    """The network a recipe starts from, and the modules it keeps frozen."""
-    if recipe.name not in RECIPES:
-        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe.name!r}")
-    if recipe.name != "full" and not recipe.init_from:
-        raise ValueError(
-            f"recipe {recipe.name!r} needs init_from (a model.safetensors to start from)"
-        )
-    if recipe.init_from:  # the checkpoint replaces any pretrained weights: don't load them
-        model_config = replace(model_config, pretrained="")
-    model = build_network(model_config, num_classes)
-    if recipe.init_from:
-        if not Path(recipe.init_from).is_file():
-            raise FileNotFoundError(f"init_from {recipe.init_from} does not exist")
-        model.load_state_dict(load_file(recipe.init_from))
-    frozen: list = []
-    if recipe.name == "crt":
-        frozen = model.feature_extractor()
-        model.reset_head()
-    elif recipe.name == "balanced_subset" and recipe.finetune == "classifier":
-        frozen = model.feature_extractor()
-    return model, frozen
+def all_training_rows(config: RecipeConfig, manifest: Manifest) -> pd.DataFrame:
+    return manifest.split("train")
 
 
-def training_rows(recipe: RecipeConfig, manifest: Manifest) -> pd.DataFrame:
+def most_confident_rows(config: RecipeConfig, manifest: Manifest) -> pd.DataFrame:
+    """The ``subset_per_class`` training rows of each class its ``confidences`` rank highest."""
     rows = manifest.split("train")
-    if recipe.name != "balanced_subset":
-        return rows
-    if not recipe.confidences:
+    if not config.confidences:
         raise ValueError("recipe 'balanced_subset' needs confidences (a predictions parquet)")
-    scores = pd.read_parquet(recipe.confidences, columns=["sample_id", "label_prob"])
+    scores = pd.read_parquet(config.confidences, columns=["sample_id", "label_prob"])
     confidence = rows["sample_id"].map(scores.set_index("sample_id")["label_prob"])
     if confidence.isna().any():
         missing = rows.loc[confidence.isna(), "sample_id"].head(5).tolist()
-        raise ValueError(f"{recipe.confidences} has no confidence for samples {missing} ...")
-    return balanced_subset(rows, confidence.to_numpy(), recipe.subset_per_class)
+        raise ValueError(f"{config.confidences} has no confidence for samples {missing} ...")
+    return balanced_subset(rows, confidence.to_numpy(), config.subset_per_class)
+
+
+def balanced_subset(rows: pd.DataFrame, confidence: np.ndarray, per_class: int) -> pd.DataFrame:
+    """The ``per_class`` most confident rows of each class (all of a smaller one), in row order."""
+    ranked = rows.assign(_confidence=np.asarray(confidence)).sort_values(
+        ["label", "_confidence"], ascending=[True, False], kind="stable"
+    )
+    chosen = ranked.groupby("label", sort=False).head(per_class).index
+    return rows.loc[sorted(chosen)].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one recipe calls the training loop."""
+
+    name: str
+    needs_init: bool = False  # starts from another run's weights (init_from)
+    sampler: str | None = None  # a sampler it imposes on train.sampler
+    reset_head: bool = False  # re-initialise the classifier
+    freezes: Callable[[RecipeConfig], bool] = lambda config: False  # the feature extractor
+    rows: Callable[[RecipeConfig, Manifest], pd.DataFrame] = all_training_rows
+
+    def train_config(self, config: TrainConfig) -> TrainConfig:
+        return replace(config, sampler=self.sampler) if self.sampler else config
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+register(Recipe("full"))
+register(Recipe("hires", needs_init=True))
+register(Recipe("crt", needs_init=True, sampler="class_balanced", reset_head=True,
+                freezes=lambda config: True))  # fmt: skip
+register(Recipe("balanced_subset", needs_init=True, rows=most_confident_rows,
+                freezes=lambda config: config.finetune == "classifier"))  # fmt: skip
+
+
+def recipe_for(config: RecipeConfig) -> Recipe:
+    """The registered recipe ``config`` names; a clear error for an unknown or incomplete one."""
+    if config.name not in RECIPES:
+        raise ValueError(f"recipe must be one of {list(RECIPES)}, got {config.name!r}")
+    recipe = RECIPES[config.name]
+    if recipe.needs_init and not config.init_from:
+        raise ValueError(
+            f"recipe {config.name!r} needs init_from (a model.safetensors to start from)"
+        )
+    return recipe
+
+
+def build_recipe_model(
+    config: RecipeConfig, model_config: ModelConfig, num_classes: int
+) -> tuple[NoisyTailNet, list]:
+    """The network a recipe starts from, and the modules it keeps frozen."""
+    recipe = recipe_for(config)
+    if config.init_from:  # the checkpoint replaces any pretrained weights: don't load them
+        model_config = replace(model_config, pretrained="")
+    model = build_network(model_config, num_classes)
+    if config.init_from:
+        if not Path(config.init_from).is_file():
+            raise FileNotFoundError(f"init_from {config.init_from} does not exist")
+        model.load_state_dict(load_file(config.init_from))
+    frozen = model.feature_extractor() if recipe.freezes(config) else []
+    if recipe.reset_head:
+        model.reset_head()
+    return model, frozen
+
+
+def training_rows(config: RecipeConfig, manifest: Manifest) -> pd.DataFrame:
+    return recipe_for(config).rows(config, manifest)
 
 
 def run_recipe(
@@ -83,8 +138,7 @@ def run_recipe(
     fingerprint: str = "",
 ) -> dict:
     """Build the recipe's model and data, then train (resuming if ``out_dir`` has checkpoints)."""
-    if recipe.name == "crt":
-        train_config = replace(train_config, sampler="class_balanced")
+    train_config = recipe_for(recipe).train_config(train_config)
     seed_everything(seed, train_config.deterministic)
     model, frozen = build_recipe_model(recipe, model_config, manifest.num_classes)
     channels, size = model_config.in_chans, train_config.image_size
@@ -116,8 +170,7 @@ def recipe_fingerprint(
     seed: int,
 ) -> str:
     """The identity of a recipe run: what ``run_recipe`` would train (see ``run_fingerprint``)."""
-    if recipe.name == "crt":
-        train_config = replace(train_config, sampler="class_balanced")
+    train_config = recipe_for(recipe).train_config(train_config)
     rows = training_rows(recipe, manifest)
     return run_fingerprint(recipe, model_config, train_config, augment, rows, seed)
 
@@ -165,12 +218,3 @@ def run_tracked_recipe(
     tracker.log_artifact(Path(out_dir) / "model.safetensors", "model")
     tracker.log_artifact(Path(out_dir) / "model.json", "model")
     return result
-
-
-def balanced_subset(rows: pd.DataFrame, confidence: np.ndarray, per_class: int) -> pd.DataFrame:
-    """The ``per_class`` most confident rows of each class (all of a smaller one), in row order."""
-    ranked = rows.assign(_confidence=np.asarray(confidence)).sort_values(
-        ["label", "_confidence"], ascending=[True, False], kind="stable"
-    )
-    chosen = ranked.groupby("label", sort=False).head(per_class).index
-    return rows.loc[sorted(chosen)].reset_index(drop=True)
