@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow run ensemble studies lint format lock ui clean
+.PHONY: help setup data test test-slow run ensemble studies lint format deps lock ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ lint: setup ## ruff check and format check
 format: setup ## ruff format and autofix
 	ruff format src pipelines tests benchmarks
 	ruff check --fix src pipelines tests benchmarks
+
+deps: setup ## write each dvc.yaml stage's library deps from what its script imports
+	$(PY) -m noisytail.dependencies dvc.yaml
 
 lock: ## re-resolve requirements.in into requirements.lock (needs the network)
 	rm -rf .lock-venv && python3 -m venv .lock-venv

@@ -127,16 +127,3 @@ def test_summary_picks_the_best_member_on_val_and_the_smallest_few_gain():
     assert summary["best_member_test_mean_class_error"] == 27
     assert summary["few_accuracy_gain"] == {"a": 8, "b": -1}
     assert summary["few_accuracy_gain_min"] == -1
-
-
-def test_training_stages_depend_on_exactly_the_code_their_fingerprint_hashes():
-    """A change to the training code re-runs the training stages (DVC) and really retrains
-    (the fingerprint); a change elsewhere in the library (ensembling, tuning) does neither."""
-    from noisytail.training.checkpoints import TRAINING_CODE
-
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    code = {f"src/noisytail/{name}" for name in TRAINING_CODE}
-    for name in ("train", "member_full", "member_hires", "member_balance"):
-        deps = {d for d in stages[name]["do"]["deps"] if d.startswith("src/")}
-        assert code <= deps, f"{name} misses {sorted(code - deps)}"
-        assert "src/noisytail" not in deps  # not the whole library

@@ -216,3 +216,36 @@ def test_a_rerun_with_changed_inputs_opens_a_new_mlflow_run(stage):
     assert old_steps == list(range(1, 9)) and new_steps == [1, 2, 3]
     assert client.get_run(old_id).data.params["train.epochs"] == "8"
     assert client.get_run(new_id).data.params["train.epochs"] == "3"
+
+
+def test_a_retrained_full_step_retrains_the_steps_built_on_it(tmp_path, monkeypatch):
+    """hires and balance start from the previous step's weights: they are fingerprinted by
+    those weights' content, so a full step trained anew (same path, other weights) makes them
+    train anew too, instead of handing back the models fine-tuned from the old one."""
+    import runpy
+
+    from noisytail.config.members import member_plan
+
+    manifest = tiny_manifest(tmp_path / "toy", per_class=(12, 8, 6))
+    for folder in ("data/prepared", "data/clean/round_1"):
+        write_manifest(manifest, tmp_path / folder / "manifest.parquet")
+    rounds = [{"round": 1, "input": "data/prepared", "output": "data/clean/round_1"}]
+    params = {**PARAMS, "train": {**PARAMS["train"], "epochs": 1},
+              "hires": {"epochs": 1, "image_size": 40}, "crt": {"epochs": 1},
+              "cleaning": {"rounds": rounds}, "members": {"m": {"round": 1}}}  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def step(name: str) -> bytes:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        monkeypatch.setattr(sys, "argv", ["member.py", "--member", "m", "--step", name])
+        runpy.run_path(str(REPO / "pipelines" / "member.py"), run_name="__main__")
+        plan = member_plan(params, "m")
+        return (plan.step_dir(name) / "model.safetensors").read_bytes()
+
+    before = {name: step(name) for name in ("full", "hires", "balance")}
+    assert step("hires") == before["hires"]  # same inputs: the finished step is not repeated
+    params["members"]["m"]["train"] = {"epochs": 2}  # the full step changes
+    after = {name: step(name) for name in ("full", "hires", "balance")}
+    for name in ("full", "hires", "balance"):
+        assert after[name] != before[name], f"{name} was not retrained"

@@ -127,6 +127,14 @@ def test_fingerprint_covers_configs_data_and_code(trained, monkeypatch):
     assert base != checkpoints.run_fingerprint(
         RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows[1:], 0
     )
+    from noisytail.training.recipes import recipe_fingerprint
+
+    # how fast a run goes and what it keeps on disk do not change its weights
+    plain = recipe_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, manifest, 0)
+    faster = TrainConfig(**{**TRAIN.__dict__, "workers": 3, "keep_checkpoints": 4})
+    assert recipe_fingerprint(RecipeConfig(), MODEL, faster, NO_AUGMENT, manifest, 0) == plain
+    longer = TrainConfig(**{**TRAIN.__dict__, "epochs": TRAIN.epochs + 1})
+    assert recipe_fingerprint(RecipeConfig(), MODEL, longer, NO_AUGMENT, manifest, 0) != plain
     monkeypatch.setattr(checkpoints, "code_digest", lambda: "other code")
     assert base != checkpoints.run_fingerprint(RecipeConfig(), MODEL, TRAIN, NO_AUGMENT, rows, 0)
 

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from noisytail.data.benchmark import shot_group
-
 
 def per_class_recall(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
     """Recall of each class; NaN for a class with no samples."""
@@ -37,3 +35,12 @@ def classification_report(
             if len(members):
                 report[f"{group}_accuracy"] = 100.0 * float(members.mean())
     return report
+
+
+def shot_group(clean_count: int, many: int = 1000, few: int = 200) -> str:
+    """'many' (>= 1000 clean training images), 'few' (< 200) or 'medium'."""
+    if clean_count >= many:
+        return "many"
+    if clean_count < few:
+        return "few"
+    return "medium"

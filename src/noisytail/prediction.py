@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,8 +23,10 @@ from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, ManifestError
 from noisytail.data.transforms import eval_transform
 from noisytail.metrics import classification_report
-from noisytail.models.network import NoisyTailNet
 from noisytail.progress import progress
+
+if TYPE_CHECKING:  # models are only called here
+    from noisytail.models.network import NoisyTailNet
 
 
 @torch.no_grad()

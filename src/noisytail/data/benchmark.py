@@ -112,12 +112,3 @@ def make_long_tail_noisy(
         class_order=class_order,
         class_counts=class_counts,
     )
-
-
-def shot_group(clean_count: int, many: int = 1000, few: int = 200) -> str:
-    """'many' (>= 1000 clean training images), 'few' (< 200) or 'medium'."""
-    if clean_count >= many:
-        return "many"
-    if clean_count < few:
-        return "few"
-    return "medium"

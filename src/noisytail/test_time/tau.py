@@ -7,11 +7,14 @@ the class norms are cached once and any tau is applied to the cache without a fo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
-from noisytail.models.network import NoisyTailNet
+if TYPE_CHECKING:  # the model is only read here
+    from noisytail.models.network import NoisyTailNet
 
 
 def classifier_weights(model: NoisyTailNet) -> torch.Tensor | None:

@@ -85,21 +85,43 @@ def save_checkpoint(
     return final
 
 
-# The library code a trained model depends on (dvc.yaml's training stages list the same paths):
-# changing it re-trains; changing the rest (prediction, ensembling, tuning, tracking) does not.
-TRAINING_CODE = ("config", "errors.py", "metrics.py", "progress.py", "data", "models",
-                 "training")  # fmt: skip
+# Imported by the training code, but changing nothing it learns: messages, progress bars, MLflow,
+# and the reading of imports that finds the rest.
+NOT_WEIGHTS = ("errors.py", "progress.py", "tracking.py", "dependencies.py")
+# Settings that change how fast a run goes or what it keeps on disk, not its weights.
+NOT_WEIGHT_SETTINGS = ("workers", "keep_checkpoints")
+
+
+def training_code() -> list[Path]:
+    """The library files a training run executes: the recipes and everything they import (read
+    from the source, ``noisytail.dependencies``), less ``NOT_WEIGHTS``."""
+    from noisytail.dependencies import PACKAGE, import_closure
+
+    recipes = Path(__file__).with_name("recipes.py")
+    closure = sorted({recipes, *import_closure([recipes])})
+    return [f for f in closure if f.relative_to(PACKAGE).as_posix() not in NOT_WEIGHTS]
 
 
 def code_digest() -> str:
-    """A hash of the training code: a run folder left by other code is not resumed."""
-    package = Path(__file__).resolve().parents[1]
+    """A hash of ``training_code``: a run folder left by other training code is not resumed,
+    and a change elsewhere (prediction, cleaning, test time, tracking) retrains nothing."""
+    from noisytail.dependencies import PACKAGE
+
     digest = hashlib.sha256()
-    for name in TRAINING_CODE:
-        path = package / name
-        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(source.relative_to(package).as_posix().encode() + source.read_bytes())
+    for source in training_code():
+        digest.update(source.relative_to(PACKAGE).as_posix().encode() + source.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """A file's content hash (the weights a fine-tune starts from: by content, not path)."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()[:16]
+
+
+def weight_settings(config) -> dict:
+    """A training config's settings that change its weights (``NOT_WEIGHT_SETTINGS`` left out)."""
+    return {k: v for k, v in asdict(config).items() if k not in NOT_WEIGHT_SETTINGS}
 
 
 def run_fingerprint(*parts) -> str:

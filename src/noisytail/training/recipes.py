@@ -29,7 +29,13 @@ from noisytail.data.manifest import Manifest, manifest_digest
 from noisytail.data.transforms import eval_transform, train_transform
 from noisytail.models.network import NoisyTailNet, build_network
 from noisytail.tracking import RunTracker
-from noisytail.training.checkpoints import claim_run_dir, run_fingerprint, run_identity
+from noisytail.training.checkpoints import (
+    claim_run_dir,
+    file_digest,
+    run_fingerprint,
+    run_identity,
+    weight_settings,
+)
 from noisytail.training.engine import fit, seed_everything
 
 
@@ -169,10 +175,17 @@ def recipe_fingerprint(
     manifest: Manifest,
     seed: int,
 ) -> str:
-    """The identity of a recipe run: what ``run_recipe`` would train (see ``run_fingerprint``)."""
+    """The identity of a recipe run: what ``run_recipe`` would train (see ``run_fingerprint``).
+
+    The weights a fine-tune starts from count by their content: a retrained full step changes
+    them but not their path, and its hi-res and balance steps must then retrain too. The
+    confidences of ``balanced_subset`` count through the rows they select."""
     train_config = recipe_for(recipe).train_config(train_config)
     rows = training_rows(recipe, manifest)
-    return run_fingerprint(recipe, model_config, train_config, augment, rows, seed)
+    starts_from = file_digest(recipe.init_from) if recipe.init_from else ""
+    identity = {**asdict(recipe), "init_from": starts_from, "confidences": ""}
+    return run_fingerprint(identity, model_config, weight_settings(train_config), augment, rows,
+                           seed)  # fmt: skip
 
 
 def claim_recipe_dir(out_dir: str | Path, fingerprint: str, accelerator) -> None:
