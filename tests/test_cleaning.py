@@ -43,32 +43,40 @@ def actions(config, table=HAND_MADE, classes=3):
 
 
 def test_top1_rule_drops_disagreeing_low_confidence():
-    config = CleaningConfig(rule="top1", threshold=0.65, prior_correction=0, min_per_class=0)
+    config = CleaningConfig(
+        per_class=False, rule="top1", threshold=0.65, prior_correction=0, min_per_class=0
+    )
     assert actions(config) == {"keep": [0, 1, 2, 4, 5], "drop": [3, 6], "relabel": []}
 
 
 def test_label_probability_rule():
-    config = CleaningConfig(rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0)
+    config = CleaningConfig(
+        per_class=False, rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0
+    )
     assert actions(config) == {"keep": [0, 1, 2, 3, 6], "drop": [4, 5], "relabel": []}
 
 
 def test_lowest_fraction_of_disagreeing():
-    config = CleaningConfig(rule="lowest_fraction", fraction=0.5, prior_correction=0,
-                            min_per_class=0)  # fmt: skip
+    config = CleaningConfig(per_class=False, rule="lowest_fraction", fraction=0.5,
+                            prior_correction=0, min_per_class=0)  # fmt: skip
     assert actions(config)["drop"] == [4, 5]  # the two lowest label probabilities of s3-s6
 
 
 def test_class_floor_gives_back_the_most_confident():
-    config = CleaningConfig(rule="label_prob", threshold=0.5, prior_correction=0, min_per_class=1)
+    config = CleaningConfig(
+        per_class=False, rule="label_prob", threshold=0.5, prior_correction=0, min_per_class=1
+    )
     # threshold 0.5 would drop s3-s6, leaving class 2 with nothing: s6 (0.4 > 0.05) comes back
     assert actions(config) == {"keep": [0, 1, 2, 6], "drop": [3, 4, 5], "relabel": []}
-    config = CleaningConfig(rule="label_prob", threshold=0.5, prior_correction=0, min_per_class=2)
+    config = CleaningConfig(
+        per_class=False, rule="label_prob", threshold=0.5, prior_correction=0, min_per_class=2
+    )
     assert actions(config)["drop"] == [4]  # class 1 gets s3 back, class 2 both of its samples
 
 
 def test_relabelling_confident_disagreements():
-    config = CleaningConfig(rule="label_prob", threshold=0.5, prior_correction=0, min_per_class=0,
-                            relabel_threshold=0.7)  # fmt: skip
+    config = CleaningConfig(per_class=False, rule="label_prob", threshold=0.5, prior_correction=0,
+                            min_per_class=0, relabel_threshold=0.7)  # fmt: skip
     decided = decide(scores(HAND_MADE, 3), config)
     assert actions(config) == {"keep": [0, 1, 2], "drop": [3, 6], "relabel": [4, 5]}
     kept = apply_decisions(HAND_MADE[["sample_id", "label"]], decided)
@@ -88,10 +96,12 @@ def test_prior_correction_rescues_a_tail_sample():
     head = [(0, {0: 0.9, 1: 0.1})] * 8
     tail = [(1, {1: 0.9, 0: 0.1}), (1, {0: 0.6, 1: 0.4})]  # the second looks like the head
     table = predictions(head + tail)
-    plain = CleaningConfig(rule="label_prob", threshold=0.5, prior_correction=0, min_per_class=0)
+    plain = CleaningConfig(
+        per_class=False, rule="label_prob", threshold=0.5, prior_correction=0, min_per_class=0
+    )
     assert actions(plain, table, 2)["drop"] == [9]
-    corrected = CleaningConfig(rule="label_prob", threshold=0.5, prior_correction=1,
-                               min_per_class=0)  # fmt: skip
+    corrected = CleaningConfig(per_class=False, rule="label_prob", threshold=0.5,
+                               prior_correction=1, min_per_class=0)  # fmt: skip
     # priors 0.8 / 0.2: 0.4 / 0.2 = 2 against 0.6 / 0.8 = 0.75 -> class 1 wins, kept
     assert actions(corrected, table, 2)["drop"] == []
     assert scores(table, 2, 1.0)["label_score"].iloc[9] == pytest.approx(2 / 2.75)
@@ -99,11 +109,13 @@ def test_prior_correction_rescues_a_tail_sample():
 
 def test_unknown_rule_is_named():
     with pytest.raises(ValueError, match="cleaning.rule"):
-        decide(scores(HAND_MADE, 3), CleaningConfig(rule="magic"))
+        decide(scores(HAND_MADE, 3), CleaningConfig(per_class=False, rule="magic"))
 
 
 def test_detection_report_against_the_truth():
-    config = CleaningConfig(rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0)
+    config = CleaningConfig(
+        per_class=False, rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0
+    )
     decided = decide(scores(HAND_MADE, 3), config)  # drops s4, s5
     truth = np.array([0, 0, 1, 0, 0, 0, 2])  # s3, s4, s5 are noisy
     report = detection_report(decided, truth, ("a", "b", "c"))
@@ -160,7 +172,9 @@ def test_cleaned_manifest_keeps_the_other_splits(tmp_path):
     table = HAND_MADE[["sample_id", "label"]].assign(path="x.png", split="train")
     val = pd.DataFrame({"sample_id": ["v0"], "label": [2], "path": "v.png", "split": "val"})
     manifest = Manifest(pd.concat([table, val], ignore_index=True), ("a", "b", "c"), tmp_path)
-    config = CleaningConfig(rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0)
+    config = CleaningConfig(
+        per_class=False, rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0
+    )
     cleaned = cleaned_manifest(manifest, decide(scores(HAND_MADE, 3), config))
     assert cleaned.split("train")["sample_id"].tolist() == ["s0", "s1", "s2", "s3", "s6"]
     assert cleaned.split("val")[["sample_id", "label", "original_label"]].values.tolist() == [
@@ -180,7 +194,9 @@ def test_judge_all_gives_a_dropped_sample_back(tmp_path):
     judged = judged_samples(CleaningConfig(judge="all"), round_input, original)
     assert judged is original
     # this round's model trusts s3's label again (s5 stays out)
-    config = CleaningConfig(rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0)
+    config = CleaningConfig(
+        per_class=False, rule="label_prob", threshold=0.35, prior_correction=0, min_per_class=0
+    )
     cleaned = cleaned_manifest(judged, decide(scores(HAND_MADE, 3), config))
     assert cleaned.split("train")["sample_id"].tolist() == ["s0", "s1", "s2", "s3", "s6"]
     with pytest.raises(ValueError, match="cleaning.judge"):

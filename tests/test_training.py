@@ -14,7 +14,7 @@ from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.training.engine import learning_rate, selected_epoch
 from noisytail.training.recipes import run_recipe, training_rows
 
-MODEL = ModelConfig(backbone="test_resnet", embedding_dim=32)
+MODEL = ModelConfig(backbone="test_resnet", embedding_dim=32, bnneck=True, in_chans=3)
 TRAIN = TrainConfig(epochs=4, batch_size=16, base_lr=0.4, warmup_epochs=0, schedule="cosine",
                     workers=0, image_size=32)  # fmt: skip
 NO_AUGMENT = AugmentConfig(hue_saturation=0, brightness_contrast=0, gaussian_blur=0,

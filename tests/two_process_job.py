@@ -28,7 +28,8 @@ val_set = ImageDataset.from_manifest(manifest, "val", eval_transform(32))
 if mode == "train":
     config = TrainConfig(epochs=2, batch_size=8, warmup_epochs=0, workers=0, cpu=True)
     seed_everything(0)
-    model, _ = build_recipe_model(RecipeConfig(), ModelConfig("test_resnet", embedding_dim=16), 3)
+    model_config = ModelConfig("test_resnet", embedding_dim=16, bnneck=True, in_chans=3)
+    model, _ = build_recipe_model(RecipeConfig(), model_config, 3)
     train_set = ImageDataset.from_manifest(manifest, "train", train_transform(32))
     fit(model, train_set, val_set, config, out, classes=manifest.classes, accelerator=accelerator)
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -25,14 +25,14 @@ class CleaningConfig:
     """``cleaning:`` in params.yaml (``rounds`` is read by dvc.yaml, not here)."""
 
     rule: str = "label_prob"  # top1 | label_prob | lowest_fraction
-    threshold: float = 0.5  # top1 / label_prob: drop disagreeing samples scoring below it
+    threshold: float = 0.8  # top1 / label_prob: drop disagreeing samples scoring below it
     fraction: float = 0.5  # lowest_fraction: drop this share of the disagreeing samples
-    per_class: bool = False  # score relative to the mean score of the sample's class (CL)
-    prior_correction: float = 1.0  # divide probabilities by class prior ** this (0: off)
+    per_class: bool = True  # score relative to the mean score of the sample's class (CL)
+    prior_correction: float = 0.5  # divide probabilities by class prior ** this (0: off)
     min_per_class: int = 5  # a class never drops below this many samples
     relabel_threshold: float = 1.01  # disagreeing, prediction prob >= this: relabel (> 1: off)
     predictions: str = "in_sample"  # in_sample | early | out_of_fold
-    early_epoch: int = 3  # predictions: early -> the checkpoint of this epoch
+    early_epoch: int = 6  # predictions: early -> the checkpoint of this epoch
     folds: int = 2  # predictions: out_of_fold -> this many fold models
     judge: str = "all"  # all: every original training sample, each round | kept: the round's
     neighbours: int = 30  # mix the labels of this many nearest neighbours into the evidence

@@ -63,12 +63,12 @@ CROPS = ("pad", "zoom")
 class AugmentConfig:
     """``augment:`` in params.yaml: the crop geometry and the probability of each augmentation."""
 
-    crop: str = "pad"  # pad: translate within a zero border | zoom: resize up, random-crop
+    crop: str = "zoom"  # zoom: resize up, random-crop | pad: translate within a zero border
     margin: float = 0.125  # pad: border of margin * size per side | zoom: resize to (1+margin)
     hue_saturation: float = 0.0  # colour images only (skipped for one channel)
     brightness_contrast: float = 0.0
     gaussian_blur: float = 0.0
-    horizontal_flip: float = 0.5
+    horizontal_flip: float = 0.0
     vertical_flip: float = 0.0
     coarse_dropout: float = 0.0
 

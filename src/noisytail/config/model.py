@@ -26,12 +26,12 @@ class ModelConfig:
     backbone: str = "resnet18"  # a preset name (PRESETS) or any timm model name
     pretrained: str = ""  # "" (none) | a .pth/.safetensors file | "hf" (offline HF cache)
     key_map: str = "timm"  # timm: the file uses timm's key names | ordered: map keys in order
-    embedding_dim: int = 512  # 0: no embedding layer
-    bnneck: bool = True
+    embedding_dim: int = 0  # 512: the seed's embedding layer (0: none)
+    bnneck: bool = False  # True: the seed's BN on the features before the classifier
     head: str = "linear"  # linear | cosine
     lws: bool = False
     drop_rate: float = 0.0
-    in_chans: int = 3
+    in_chans: int = 1  # FMNIST-LT-N is grey; 3 for colour photos
     image_size: int = 32  # ViTs are built for this input size
     patch_size: int = 0  # ViTs: 0 keeps the backbone's own
 

@@ -11,7 +11,7 @@ from noisytail.config import ConfigError, check_range
 class TTAConfig:
     """``test_time:`` in params.yaml: what is predicted once for the studies to choose from."""
 
-    scales: tuple[float, ...] = (1.0, 1.25, 1.5)  # enlargement over the evaluation view
+    scales: tuple[float, ...] = (1.0, 1.5)  # enlargement over the evaluation view
     top_k: int = 20  # bias-free logits cached per view (>= the ensemble's 10)
     batch_size: int = 64  # images per batch (x 10 views)
 

@@ -15,16 +15,16 @@ SAMPLERS = ("instance_balanced", "class_balanced", "square_root", "repeated_augm
 class TrainConfig:
     """``train:`` in params.yaml (the hi-res and cRT sections override parts of it)."""
 
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 128  # per process
     optimizer: str = "sgd"  # sgd | adamw
     base_lr: float = 0.1  # learning rate per 256 images: lr = base_lr * global batch / 256
     momentum: float = 0.9
-    weight_decay: float = 2e-4
-    schedule: str = "step"  # step | cosine
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step
     milestones: tuple[int, ...] = (14, 20)  # step decay epochs
     gamma: float = 0.1
-    warmup_epochs: float = 2.0
+    warmup_epochs: float = 1.0
     min_lr: float = 0.0  # cosine floor
     label_smoothing: float = 0.0
     mixup: float = 0.0  # mixup alpha (0: off)
@@ -35,7 +35,7 @@ class TrainConfig:
     image_size: int = 32
     workers: int = 2
     keep_checkpoints: int = 1
-    snapshot_epochs: tuple[int, ...] = ()  # also keep model_epoch_<e>.safetensors (early weights)
+    snapshot_epochs: tuple[int, ...] = (6,)  # also keep model_epoch_<e>.safetensors (early weights)
     select: str = "last"  # last: the final epoch's weights | best_val: the lowest val MCE epoch's
     deterministic: bool = False  # GPUs: deterministic kernels (same seed, same weights; slower)
     cpu: bool = False  # force the CPU even where a GPU is present
