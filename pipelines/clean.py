@@ -1,7 +1,8 @@
 """DVC stage `clean`: one cleaning round. Reads the predictions of the model trained on the
 round's input manifest, for the samples it judges (``cleaning.judge``: all original training
 samples, or the round's own); writes the cleaned manifest, the decisions, report.json, plots,
-the per-class galleries of what it dropped, kept and relabelled, and an MLflow run.
+the per-class galleries of what it dropped, kept and relabelled, and an MLflow run. A val split
+cut from the given labels is judged too (val_decisions.parquet: the cleaned val tuning uses).
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from pathlib import Path
 
 from noisytail.cleaning.edits import cleaned_manifest
 from noisytail.cleaning.gallery import DECISION_COLUMNS, write_gallery
-from noisytail.cleaning.reports import clean_retention, decision_counts, detection_report
-from noisytail.cleaning.rules import judge_predictions, judged_samples
+from noisytail.cleaning.reports import (
+    clean_retention,
+    decision_counts,
+    detection_report,
+    val_detection,
+)
+from noisytail.cleaning.rules import judge_predictions, judge_val, judged_samples
 from noisytail.config.cleaning import round_config
 from noisytail.config.params import load_checked_params
 from noisytail.data.manifest import ManifestError, read_manifest, write_manifest
@@ -71,7 +77,16 @@ def main() -> None:
         report["truth"]["since_first_round"] = {
             k: round(v, 4) for k, v in since.items() if k != "per_class"
         }
+    val_file = Path(args.predictions).with_name("val.parquet")  # a val cut from the given labels
+    val_predictions = read_predictions(val_file, embedding=False) if val_file.is_file() else None
+    val_decided = judge_val(original.split("val"), val_predictions, original.num_classes, config)
+    report["val"] = {"judged": int(val_decided["judged"].sum()),
+                     "dropped": int((val_decided["action"] != "keep").sum())}  # fmt: skip
+    if "true_label" in val_decided and val_decided["judged"].any():
+        report["val"]["truth"] = val_detection(val_decided)
     write_manifest(cleaned, out / "manifest.parquet")
+    val_decided[["sample_id", "label", "judged", "action"]].to_parquet(
+        out / "val_decisions.parquet", index=False)  # fmt: skip
     decided[list(DECISION_COLUMNS)].to_parquet(out / "decisions.parquet", index=False)
     gallery = params.get("gallery") or {}
     write_gallery(decided, manifest, out / "gallery", args.round,

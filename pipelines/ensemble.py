@@ -25,7 +25,7 @@ from noisytail.errors import report_expected_errors
 from noisytail.members import ranked_on_val
 from noisytail.metrics import classification_report, per_class_recall
 from noisytail.plots import accuracy_by_frequency
-from noisytail.test_time.cache import load_views, split_rows
+from noisytail.test_time.cache import cleaned_val, load_views, select_rows
 from noisytail.test_time.scoring import ensemble_rows
 
 PREPARED = "data/prepared/manifest.parquet"
@@ -38,6 +38,11 @@ def main() -> None:
     parser.add_argument("--metrics", default="metrics/ensemble.json")
     parser.add_argument("--predictions", default="predictions.csv")
     parser.add_argument("--plot", default="metrics/ensemble_per_class.png")
+    parser.add_argument(
+        "--val-decisions",
+        default="",
+        help="the last cleaning round's val_decisions.parquet (val_cleaned rows)",
+    )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -49,34 +54,46 @@ def main() -> None:
     counts = manifest.class_counts("train", "true_label" if manifest.fully_verified else "label")
     names = list(tuned)
     stored = {m: load_views(Path(args.views) / m, scales) for m in names}  # read once
-    report, per_class, lists, sample_ids = {}, {}, {}, None
-    for split in ("val", "test"):
-        views = {m: {s: split_rows(c, split) for s, c in stored[m].items()} for m in names}
-        sample_ids = next(iter(views[names[0]].values()))["sample_id"]
-        labels = next(iter(views[names[0]].values()))["label"]
+    first = stored[names[0]][f"{scales[0]:g}"]
+    splits = {s: first["split"] == s for s in ("val", "test") if (first["split"] == s).any()}
+    if "test" not in splits:
+        print("no test split: the ensemble is scored on val only, and predictions.csv holds val")
+    kept = cleaned_val(args.val_decisions, first["sample_id"][splits["val"]])
+    if not kept.all():  # a val cut from the given labels: also scored on what cleaning kept
+        val_rows = np.flatnonzero(splits["val"])
+        splits["val_cleaned"] = np.isin(np.arange(len(first["split"])), val_rows[kept])
+    report, per_class, lists = {}, {}, {}
+    for split, rows_of_split in splits.items():
+        views = {m: {s: select_rows(c, rows_of_split) for s, c in stored[m].items()}
+                 for m in names}  # fmt: skip
+        labels = first["label"][rows_of_split]
         rows, lists[split] = ensemble_rows(views, tuned, f"{scales[0]:g}", top)
         for row, index in rows.items():
             report.setdefault(row, {})[split] = {k: round(v, 3) for k, v in classification_report(
                 index[:, 0], labels, manifest.num_classes, counts.to_numpy()).items()}  # fmt: skip
-            if split == "test":
-                per_class[row] = 100 * per_class_recall(index[:, 0], labels, manifest.num_classes)
+            per_class[split, row] = 100 * per_class_recall(index[:, 0], labels,
+                                                           manifest.num_classes)  # fmt: skip
 
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(report, indent=1))
-    index, prob = lists["test"]
-    table = pd.DataFrame({"sample_id": sample_ids})  # the test split's, the loop's last
+    shown = "test" if "test" in splits else "val"  # the split predictions.csv and the plot show
+    index, prob = lists[shown]
+    table = pd.DataFrame({"sample_id": first["sample_id"][splits[shown]], "split": shown})
     for rank in range(5):
         table[f"class_{rank + 1}"] = [manifest.classes[c] if c >= 0 else "" for c in index[:, rank]]
         table[f"prob_{rank + 1}"] = np.round(prob[:, rank], 5)
     table.to_csv(args.predictions, index=False)
-    best = ranked_on_val({m: report[f"{m}/tau+tta"]["val"]["mean_class_error"] for m in names})[0]
+    chosen_on = "val_cleaned" if "val_cleaned" in splits else "val"  # where tuning chose
+    best = ranked_on_val({m: report[f"{m}/tau+tta"][chosen_on]["mean_class_error"]
+                          for m in names})[0]  # fmt: skip
     accuracy_by_frequency(args.plot, manifest.classes, counts.to_numpy(), {
-        f"{best} as trained": per_class[f"{best}/as_trained"],
-        f"{best} + tau + TTA": per_class[f"{best}/tau+tta"], "ensemble": per_class["ensemble"],
+        f"{best} as trained": per_class[shown, f"{best}/as_trained"],
+        f"{best} + tau + TTA": per_class[shown, f"{best}/tau+tta"],
+        "ensemble": per_class[shown, "ensemble"],
     })  # fmt: skip
-    for row, splits in report.items():
-        print(f"{row:<32} val {splits['val']['mean_class_error']:6.2f}  "
-              f"test {splits['test']['mean_class_error']:6.2f}")  # fmt: skip
+    for row, scored in report.items():
+        print(f"{row:<32} " + "  ".join(f"{split} {m['mean_class_error']:6.2f}"
+                                        for split, m in scored.items()))  # fmt: skip
     print(yaml.safe_dump({"weights": {m: tuned[m]["weight"] for m in names}}).strip())
 
 

@@ -85,12 +85,16 @@ def main() -> None:
     flat = {f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items()}
     step_run.log_metrics(flat)
     member_run.log_metrics({f"{step}.{k}": v for k, v in flat.items()})
-    if step == STEPS[-1]:  # the member's final model
-        step_run.register(
+    if step == STEPS[-1]:  # the member's final model: its figures under one name for every
+        member_run.log_metrics(flat)  # member, so the UI charts the members side by side
+        version = step_run.register(
             f"noisytail-{plan.name}", "model",
             {"dvc_round": str(plan.round), "git_commit": git_commit() or "",
              "params_digest": plan.digest(), "member": plan.name},
         )  # fmt: skip
+        if version is not None:  # the version this run trained: what the ensemble ships
+            registered = {"name": f"noisytail-{plan.name}", "version": version}
+            (out / "registered.json").write_text(json.dumps(registered))
     step_run.end()
     member_run.end()
 

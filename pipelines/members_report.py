@@ -39,7 +39,7 @@ def main() -> None:
     nan = float("nan")  # a group (many / medium / few) without classes has no accuracy
     for r in rows:
         print(f"{r['member']:<16} {r['step']:<8} {r['image_size']:>4} "
-              f"{r['val_mean_class_error']:>8.2f} {r['test_mean_class_error']:>9.2f} "
+              f"{r['val_mean_class_error']:>8.2f} {r.get('test_mean_class_error', nan):>9.2f} "
               f"{r.get('test_many_accuracy', nan):>6.1f} "
               f"{r.get('test_medium_accuracy', nan):>7.1f} "
               f"{r.get('test_few_accuracy', nan):>6.1f}")  # fmt: skip
@@ -54,8 +54,10 @@ def main() -> None:
     parent = RunTracker(tracking.get("experiment", "noisytail"), "members",
                         uri=tracking.get("uri", ""), tags=tags)  # fmt: skip
     parent.adopt([f.read_text().strip() for f in run_files if f.is_file()])
-    parent.log_metrics({f"{r['member']}.{r['step']}.test_mean_class_error":
-                        r["test_mean_class_error"] for r in rows})  # fmt: skip
+    # each member's run holds its own figures (one chart, a bar per member, in the UI); the
+    # parent only the best member's
+    best = next(r for r in rows if r["member"] == summary["best_member"] and r["step"] == STEPS[-1])
+    parent.log_metrics({k: v for k, v in best.items() if k.startswith(("val_", "test_"))})
     parent.log_artifact(args.out)
     parent.log_artifact(args.plot)
     parent.end()

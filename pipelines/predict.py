@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from noisytail.cleaning.predictions import cleaning_predictions
+from noisytail.cleaning.predictions import cleaning_predictions, val_predictions
 from noisytail.cleaning.rules import judged_samples
 from noisytail.config import from_mapping
 from noisytail.config.cleaning import round_config
@@ -65,6 +65,11 @@ def main() -> None:
             augment, Path(args.out).parent / "folds",
             seed=params.get("seed", 0), top_k=args.top_k, accelerator=accelerator,
         )  # fmt: skip
+        # a val cut from the given labels is judged too (pipelines/clean.py: a cleaned val)
+        val = val_predictions(original, args.model, from_mapping(TrainConfig, train, "train"),
+                              augment, top_k=args.top_k, accelerator=accelerator)  # fmt: skip
+        if val is not None and accelerator.is_main_process:
+            write_predictions(val, Path(args.out).with_name("val.parquet"))
     else:
         weights = Path(args.model)
         if weights.is_dir():

@@ -49,9 +49,12 @@ def main() -> None:
     accelerator = make_accelerator(TrainConfig(mixed_precision=plan.steps["full"].mixed_precision))
     out = Path(args.out) / plan.name
     out.mkdir(parents=True, exist_ok=True)
+    present = [s for s in ("val", "test") if (manifest.table["split"] == s).any()]
+    if "test" not in present:
+        print(f"{PREPARED} has no test split: the views cover val only")
     for scale in config.scales:
         caches, splits = [], []
-        for split in ("val", "test"):
+        for split in present:
             dataset = ImageDataset.from_manifest(
                 manifest, split, enlarged_transform(size, channels, view, scale), channels=channels
             )  # fmt: skip

@@ -19,7 +19,7 @@ from noisytail.config.test_time import TTAConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
 from noisytail.serving.model import log_ensemble
-from noisytail.tracking import RunTracker, latest_version
+from noisytail.tracking import RunTracker
 
 PREPARED = "data/prepared/manifest.parquet"
 
@@ -47,8 +47,11 @@ def main() -> None:
     tracking = params.get("tracking") or {}
     run = RunTracker(tracking.get("experiment", "noisytail"), "ensemble/register",
                      uri=tracking.get("uri", ""), tags={"kind": "ensemble"})  # fmt: skip
-    tags = {f"member.{m}": f"noisytail-{m}/{latest_version(f'noisytail-{m}') or '-'}"
-            for m in tuned}  # fmt: skip
+    tags = {}  # each member's version, as its balance step registered it
+    for m, folder in dirs.items():
+        registered = folder / "registered.json"
+        found = json.loads(registered.read_text()) if registered.is_file() else None
+        tags[f"member.{m}"] = f"{found['name']}/{found['version']}" if found else "-"
     version = log_ensemble(spec, dirs, args.name, args.alias, tags)
     run.end()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

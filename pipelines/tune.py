@@ -1,5 +1,6 @@
 """DVC stage `tune`: Optuna studies on validation: tau per member, then its TTA scale and mode,
-then the ensemble weights. Writes the best values to tuned.yaml (read by the `ensemble` stage).
+then the ensemble weights; each kept only where it beats the plain value (no tau, the centre
+view, equal weights) by more than the noise of val. Writes tuned.yaml (read by `ensemble`).
 
 Studies are stored in `tuning.storage` (default sqlite:///optuna.db) under names that carry a
 digest of their inputs: re-running on the same predictions loads the finished studies instead of
@@ -18,7 +19,8 @@ from noisytail.config import from_mapping
 from noisytail.config.params import load_checked_params
 from noisytail.config.test_time import TTAConfig, TuningConfig
 from noisytail.errors import report_expected_errors
-from noisytail.test_time.cache import load_views, tta_top_k
+from noisytail.test_time.cache import cleaned_val, load_views, select_rows
+from noisytail.test_time.scoring import member_top_k
 from noisytail.test_time.tuning import tune_tau, tune_tta, tune_weights
 from noisytail.tracking import GroupedChildRuns, RunTracker
 
@@ -35,6 +37,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--views", default="data/test_time")
     parser.add_argument("--out", default="tuned.yaml")
+    parser.add_argument(
+        "--val-decisions",
+        default="",
+        help="the last cleaning round's val_decisions.parquet: tune on the val "
+        "samples it keeps (a val cut from the given labels, cleaned)",
+    )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -43,6 +51,13 @@ def main() -> None:
     scales = from_mapping(TTAConfig, params.get("test_time"), "test_time").scales
     names = list(params.get("members") or {})
     views = {m: load_views(Path(args.views) / m, scales, split="val") for m in names}
+    val_ids = next(iter(views[names[0]].values()))["sample_id"]
+    kept = cleaned_val(args.val_decisions, val_ids)
+    views = {m: {s: select_rows(c, kept) for s, c in v.items()} for m, v in views.items()}
+    print(
+        f"tuning on {int(kept.sum())} of {len(kept)} val samples"
+        + (" (the rest judged mislabelled by the last cleaning round)" if not kept.all() else "")
+    )
     num_classes = len(next(iter(views[names[0]].values()))["norm"])
     labels = next(iter(views[names[0]].values()))["label"]
     files = sorted(Path(args.views).glob("*/scale_*.npz"))
@@ -58,29 +73,39 @@ def main() -> None:
     def log_trial(study: str, number: int, trial_params: dict, value: float) -> None:
         study_runs.log(study, f"trial_{number}", trial_params, {"val_mean_class_error": value})
 
-    tuned: dict = {"members": {}, "studies": {"storage": config.storage, "inputs": key}}
+    tuned: dict = {"members": {}, "decisions": {}, "val": {"samples": len(kept),
+                   "tuned_on": int(kept.sum())},
+                   "studies": {"storage": config.storage, "inputs": key}}  # fmt: skip
     for name in names:
         plain = views[name][f"{scales[0]:g}"]
         tau = tune_tau(f"{name}/tau/{key}", plain, num_classes, config, log_trial)
-        scale, mode = tune_tta(f"{name}/tta/{key}", views[name], tau, num_classes, config,
-                               log_trial)  # fmt: skip
-        tuned["members"][name] = {"tau": round(float(tau), 4), "scale": float(scale),
-                                  "mode": mode}  # fmt: skip
-        print(f"{name}: tau {tau:.3f}, TTA {mode} at scale {scale}")
-    member_lists = [
-        tta_top_k(views[m][f"{tuned['members'][m]['scale']:g}"], tuned["members"][m]["tau"],
-                  tuned["members"][m]["mode"], config.top)
-        for m in names
-    ]  # fmt: skip
+        tta = tune_tta(f"{name}/tta/{key}", views[name], tau.value, num_classes, config,
+                       log_trial)  # fmt: skip
+        scale, mode = tta.value
+        tuned["members"][name] = {"tau": tau.value, "scale": float(scale), "mode": mode}
+        tuned["decisions"][name] = {"tau": tau.record(), "tta": tta.record()}
+        print(
+            f"{name}: tau {tau.value} (best trial {tau.tuned}: {tau.comparison.describe()}); "
+            f"TTA {mode} at scale {scale} (best {tta.tuned}: {tta.comparison.describe()})"
+        )
+    member_lists = [member_top_k(views[m], tuned["members"][m], config.top) for m in names]
     weights = tune_weights(f"ensemble/weights/{key}", member_lists, labels, num_classes, config,
                            log_trial)  # fmt: skip
     study_runs.close()
-    for name, weight in zip(names, weights):
+    for name, weight in zip(names, weights.value):
         tuned["members"][name]["weight"] = round(float(weight), 4)
-    print("weights: " + ", ".join(f"{m} {w:.3f}" for m, w in zip(names, weights)))
+    tuned["decisions"]["weights"] = {**weights.record(),
+                                     "tuned": [round(w, 4) for w in weights.tuned],
+                                     "plain": [round(w, 4) for w in weights.plain]}  # fmt: skip
+    print(
+        f"weights: {'tuned' if weights.comparison.candidate_wins else 'equal'} "
+        f"({weights.comparison.describe()})"
+    )
     run.log_metrics({f"{m}.{k}": v for m, t in tuned["members"].items()
-                     for k, v in t.items() if k != "mode"})  # fmt: skip
-    header = "# Written by `dvc repro tune` (pipelines/tune.py): the best values on validation.\n"
+                     for k, v in t.items() if isinstance(v, (int, float))})  # fmt: skip
+    header = ("# Written by `dvc repro tune` (pipelines/tune.py): per member tau (null: the "
+              "classifier as trained), TTA and weight, each kept only where it won on val by "
+              "more than the noise (decisions).\n")  # fmt: skip
     partial = Path(args.out).with_name(f"partial_{Path(args.out).name}")
     partial.write_text(header + yaml.safe_dump(tuned, sort_keys=False))
     partial.replace(args.out)

@@ -34,8 +34,10 @@ def project(tmp_path):
     return make_project(tmp_path / "project")
 
 
-def make_project(root):
-    """A git + DVC repo with the project's dvc.yaml, stages and library, and a noisy toy table."""
+def make_project(root, source="table", members=None):
+    """A git + DVC repo with the project's dvc.yaml, stages and library, and noisy toy data:
+    ``table``, a CSV with its own val and test splits (clean), or ``image_folder``, a folder
+    of class sub-folders, which brings neither (prepare holds val out of the noisy labels)."""
     root.mkdir(parents=True)
     shutil.copy(REPO / "dvc.yaml", root)
     shutil.copytree(REPO / "pipelines", root / "pipelines")
@@ -44,12 +46,18 @@ def make_project(root):
     rows = []
     for c, n in enumerate((30, 16, 10)):
         for i in range(n):
-            save_image(root / "images" / f"{c}_{i}.png", mode="L", seed=100 * c + i)
-            label = c if rng.random() > 0.2 else int(rng.integers(3))
-            rows.append({"path": f"{c}_{i}.png", "label": f"class{label}",
-                         "split": "test" if i < 3 else "train"})  # fmt: skip
-    pd.DataFrame(rows).to_csv(root / "images" / "list.csv", index=False)
-    params = {**QUICK, "data": {**QUICK["data"], "path": str(root / "images" / "list.csv")}}
+            split = "test" if i < 3 else "val" if i < 5 and source == "table" else "train"
+            label = c if split != "train" or rng.random() > 0.2 else int(rng.integers(3))
+            path = f"class{label}/{c}_{i}.png" if source == "image_folder" else f"{c}_{i}.png"
+            if source == "image_folder" and split == "test":
+                continue
+            save_image(root / "images" / path, mode="L", seed=100 * c + i)
+            rows.append({"path": path, "label": f"class{label}", "split": split})
+    data = {**QUICK["data"], "source": source, "path": str(root / "images")}
+    if source == "table":
+        pd.DataFrame(rows).to_csv(root / "images" / "list.csv", index=False)
+        data["path"] = str(root / "images" / "list.csv")
+    params = {**QUICK, "data": data, "members": members or QUICK["members"]}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1",
@@ -57,6 +65,32 @@ def make_project(root):
     run(["git", "init", "-q"], root, env)
     run([sys.executable, "-m", "dvc", "init", "-q"], root, env)
     return root, env
+
+
+def test_an_image_folder_without_test_split_runs_every_stage_on_a_cleaned_val(tmp_path):
+    """A user's first run: an image folder gives only train; prepare holds val out of the
+    noisy labels. Every stage runs, scores on val and says so; the last cleaning round judges
+    that val and tuning uses what it keeps, reported beside the whole val."""
+    member = {"resnet_r2": QUICK["members"]["resnet_r2"]}
+    root, env = make_project(tmp_path / "folder", source="image_folder", members=member)
+    result = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    assert "no 'test' split in the manifest: not scored on it" in result.stdout
+    prepared = pd.read_parquet(root / "data/prepared/manifest.parquet")
+    assert set(prepared["split"]) == {"train", "val"} and prepared["held_out"].any()
+    for step in ("full", "hires", "balance"):
+        scored = json.loads((root / f"metrics/members/resnet_r2/{step}.json").read_text())
+        assert "val" in scored and "test" not in scored
+    report = json.loads((root / "data/clean/round_2/report.json").read_text())
+    assert report["val"]["judged"] == int((prepared["split"] == "val").sum())
+    decisions = pd.read_parquet(root / "data/clean/round_2/val_decisions.parquet")
+    tuned = yaml.safe_load((root / "tuned.yaml").read_text())
+    assert tuned["val"]["tuned_on"] == int((decisions["action"] == "keep").sum())
+    ensemble = json.loads((root / "metrics/ensemble.json").read_text())
+    assert "test" not in ensemble["ensemble"] and "val" in ensemble["ensemble"]
+    assert ("val_cleaned" in ensemble["ensemble"]) == (tuned["val"]["tuned_on"] < len(decisions))
+    predictions = pd.read_csv(root / "predictions.csv")
+    assert set(predictions["split"]) == {"val"}
+    assert json.loads((root / "metrics/registered.json").read_text())["version"]
 
 
 def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
@@ -216,8 +250,13 @@ def check_test_time(root, env):
     trials = client.search_runs([experiment],
                                 f"tags.mlflow.parentRunId = '{tau_study.info.run_id}'")  # fmt: skip
     assert len(trials) == QUICK["tuning"]["tau_trials"]
-    assert all("val_mean_class_error" in t.data.metrics and "tau" in t.data.params
+    assert all("val_mean_class_error" in t.data.metrics and "use_tau" in t.data.params
                for t in trials)  # fmt: skip
+    # as trained (no tau) is a candidate, and a tuned value is kept only beyond the noise
+    assert any(t.data.params["use_tau"] == "False" for t in trials)
+    for name in QUICK["members"]:
+        decision = tuned["decisions"][name]["tau"]
+        assert decision["kept"] == (tuned["members"][name]["tau"] is not None)
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     champion = mlflow.MlflowClient().get_model_version_by_alias("noisytail-ensemble", "champion")

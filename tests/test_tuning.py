@@ -2,6 +2,7 @@
 
 import numpy as np
 import optuna
+import pytest
 
 from noisytail.config.test_time import TuningConfig
 from noisytail.test_time.tuning import tune_tau, tune_tta, tune_weights
@@ -30,33 +31,38 @@ def test_a_seeded_study_gives_the_same_best_params_twice(tmp_path):
     for attempt in range(2):
         config = TuningConfig(storage=f"sqlite:///{tmp_path / f'{attempt}.db'}", tau_trials=12)
         found.append(tune_tau("tau", cache(), 4, config))
-    assert found[0] == found[1]
+    assert found[0].tuned == found[1].tuned and found[0].value == found[1].value
 
 
 def test_tau_undoes_the_norm_bias_and_trials_are_logged(tmp_path):
     config = TuningConfig(storage=f"sqlite:///{tmp_path / 'o.db'}", tau_trials=25)
     logged = []
-    tau = tune_tau("tau", cache(), 4, config, lambda *a: logged.append(a))
+    choice = tune_tau("tau", cache(), 4, config, lambda *a: logged.append(a))
+    tau = choice.tuned
     assert 0.6 < tau < 1.4
-    assert len(logged) == 25 and logged[0][0] == "tau" and "tau" in logged[0][2]
+    assert choice.comparison.candidate_wins and choice.value == tau  # far beyond the noise
+    assert len(logged) == 25 and logged[0][0] == "tau"
+    assert logged[0][2] == {"use_tau": False}  # the classifier as trained is the first candidate
+    assert any("tau" in params for _, _, params, _ in logged)
     # stored: the study is there for optuna-dashboard / `optuna trials`, and not re-run
     study = optuna.load_study(study_name="tau", storage=config.storage)
     assert len(study.trials) == 25
     again = []  # run again: no new trial, and the stored ones are reported again
-    assert tune_tau("tau", cache(), 4, config, lambda *a: again.append(a)) == tau
+    assert tune_tau("tau", cache(), 4, config, lambda *a: again.append(a)).tuned == tau
     assert len(optuna.load_study(study_name="tau", storage=config.storage).trials) == 25
     assert again == logged
 
 
 def test_tta_tries_every_scale_and_mode(tmp_path):
     config = TuningConfig(storage=f"sqlite:///{tmp_path / 'o.db'}")
-    caches = {"1.0": cache(seed=1), "1.5": cache(seed=2)}
+    caches = {"1.0": cache(seed=1), "1.5": cache(seed=1)}  # the same samples at both scales
     logged = []
-    scale, mode = tune_tta("tta", caches, 1.0, 4, config, lambda *a: logged.append(a))
+    choice = tune_tta("tta", caches, 1.0, 4, config, lambda *a: logged.append(a))
+    scale, mode = choice.value
     assert sorted((p["scale"], p["mode"]) for _, _, p, _ in logged) == sorted(
         (s, m) for s in ("1.0", "1.5") for m in ("none", "flip", "ten_crop")
     )
-    assert mode == "ten_crop"  # averaging 10 noisy views beats one
+    assert mode == "ten_crop" and choice.comparison.candidate_wins  # 10 noisy views beat one
 
 
 def test_weights_find_the_informative_member(tmp_path):
@@ -66,5 +72,33 @@ def test_weights_find_the_informative_member(tmp_path):
     noise = rng.integers(0, 5, (400, 5)).astype(np.int32)
     prob = np.tile(np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32), (400, 1))
     config = TuningConfig(storage=f"sqlite:///{tmp_path / 'o.db'}", weight_trials=30, top=5)
-    weights = tune_weights("w", [(noise, prob), (good, prob)], labels, 5, config)
+    choice = tune_weights("w", [(noise, prob), (good, prob)], labels, 5, config)
+    weights = choice.value
+    assert choice.comparison.candidate_wins
     assert weights[1] > weights[0] and abs(sum(weights) - 1) < 1e-9
+
+
+def test_a_tuned_value_within_the_noise_is_not_kept(tmp_path):
+    """Equal class norms: tau changes nothing that matters, so whatever tau the study likes
+    best cannot beat the classifier as trained by more than the noise, and is not used."""
+    config = TuningConfig(storage=f"sqlite:///{tmp_path / 'o.db'}", tau_trials=10)
+    choice = tune_tau("tau", cache(norm=(1.0, 1.0, 1.0, 1.0)), 4, config)
+    assert not choice.comparison.candidate_wins and choice.value is None
+    assert choice.record()["kept"] is False and choice.record()["plain"] is None
+
+
+def test_the_paired_comparison_on_val():
+    from noisytail.test_time.selection import compare_on_val
+
+    rng = np.random.default_rng(0)
+    target = np.repeat(np.arange(10), 100)
+    good = np.where(rng.random(1000) < 0.8, target, (target + 1) % 10)
+    same = compare_on_val(good, good, target, 10)
+    assert same.difference == 0 and same.standard_error == 0 and not same.candidate_wins
+    better = np.where(rng.random(1000) < 0.5, target, good)  # half of the errors mended
+    clear = compare_on_val(better, good, target, 10)
+    assert clear.difference < -5 and clear.candidate_wins
+    one = good.copy()
+    one[np.flatnonzero(good != target)[0]] = target[np.flatnonzero(good != target)[0]]
+    tiny = compare_on_val(one, good, target, 10)  # one sample mended: 0.1 points, within noise
+    assert tiny.difference == pytest.approx(-0.1) and not tiny.candidate_wins

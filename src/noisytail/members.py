@@ -27,8 +27,8 @@ def read_member_metrics(names: list[str], root: Path = METRICS_ROOT) -> list[dic
             found = json.loads(path.read_text())
             row = {"member": name, "step": step, "recipe": found["recipe"],
                    "image_size": found["image_size"]}  # fmt: skip
-            for split in ("val", "test"):
-                row.update({f"{split}_{k}": v for k, v in found[split].items()})
+            for split in ("val", "test"):  # data without a test split: val only
+                row.update({f"{split}_{k}": v for k, v in found.get(split, {}).items()})
             rows.append(row)
     return rows
 
@@ -46,8 +46,10 @@ def members_summary(rows: list[dict]) -> dict:
     return {
         "members": len(members),
         "best_member": best,
-        "best_member_test_mean_class_error": final[best]["test_mean_class_error"],
-        "final_test_mean_class_error": {m: final[m]["test_mean_class_error"] for m in members},
+        "best_member_test_mean_class_error": final[best].get("test_mean_class_error", nan),
+        "final_test_mean_class_error": {
+            m: final[m].get("test_mean_class_error", nan) for m in members
+        },  # fmt: skip
         "few_accuracy_gain": gains,
         "few_accuracy_gain_min": min((g for g in gains.values() if g == g), default=nan),
     }

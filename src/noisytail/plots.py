@@ -59,20 +59,22 @@ def confidence_histogram(
 
 
 def member_steps(path: str | os.PathLike, rows: Sequence[dict], steps: Sequence[str]) -> Path:
-    """Test mean class error (left) and few-class accuracy (right) of every member after each
-    of its steps: grouped bars, one group per member."""
+    """Mean class error (left) and few-class accuracy (right) of every member after each of its
+    steps, on test (val where the data has no test split): grouped bars, one group a member."""
     members = list(dict.fromkeys(r["member"] for r in rows))
     value = {(r["member"], r["step"]): r for r in rows}
+    split = "test" if all("test_mean_class_error" in r for r in rows) else "val"
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(members)), 4))
     width = 0.8 / len(steps)
     x = np.arange(len(members))
     for ax, key, label in (
-        (axes[0], "test_mean_class_error", "test mean class error (%)"),
-        (axes[1], "test_few_accuracy", "test few-class accuracy (%)"),
+        (axes[0], f"{split}_mean_class_error", f"{split} mean class error (%)"),
+        (axes[1], f"{split}_few_accuracy", f"{split} few-class accuracy (%)"),
     ):
         for i, step in enumerate(steps):
             ax.bar(x + (i - (len(steps) - 1) / 2) * width,
-                   [value[m, step][key] for m in members], width, label=step)  # fmt: skip
+                   [value[m, step].get(key, np.nan) for m in members], width,
+                   label=step)  # fmt: skip
         ax.set_xticks(x, members, rotation=30, ha="right")
         ax.set_ylabel(label)
     axes[0].legend(title="after step")

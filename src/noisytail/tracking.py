@@ -178,14 +178,6 @@ def log_child_run(name: str, params: Mapping[str, Any], metrics: Mapping[str, fl
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
 
-def latest_version(name: str) -> str | None:
-    """The newest version of registered model ``name`` (None if it is not registered)."""
-    import mlflow
-
-    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
-    return max((v.version for v in versions), key=int, default=None)
-
-
 class GroupedChildRuns:
     """Child runs of the active run, grouped under one nested run per group: an Optuna study's
     run holding a run per trial."""

@@ -102,6 +102,33 @@ def cleaning_predictions(
                     accelerator)  # fmt: skip
 
 
+def held_out_val(manifest: Manifest) -> pd.DataFrame:
+    """The val rows cut from the given training labels (``held_out``): judged like training
+    samples before tuning trusts them. Empty for a val split of the data's own."""
+    val = manifest.split("val")
+    if "held_out" not in val:
+        return val.iloc[:0]
+    return val[val["held_out"].fillna(False).astype(bool).to_numpy()].reset_index(drop=True)
+
+
+def val_predictions(
+    manifest: Manifest,
+    run_dir: str | Path,
+    train_config: TrainConfig,
+    augment: AugmentConfig,
+    *,
+    top_k: int = 10,
+    accelerator: Accelerator,
+) -> pd.DataFrame | None:
+    """The round's final model on the held-out val rows (which it never trained on), or None
+    when val is the data's own."""
+    rows = held_out_val(manifest)
+    if rows.empty:
+        return None
+    model, _ = load_network(Path(run_dir) / "model.safetensors")
+    return _predict(model, rows, manifest.image_root, train_config, augment, top_k, accelerator)
+
+
 def _predict(model, rows, image_root, train_config, augment, top_k, accelerator) -> pd.DataFrame:
     """Top-k predictions and embeddings of ``rows`` at the training image size and geometry."""
     channels = model.config.in_chans

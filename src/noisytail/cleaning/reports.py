@@ -86,3 +86,14 @@ def clean_retention(kept: pd.DataFrame, original: pd.DataFrame, classes: tuple[s
     return {"clean_kept_share": _share(len(still), int(was_clean.sum())),
             "min_class_clean_kept_share": float(np.nanmin(list(per_class.values()))),
             "per_class": per_class}  # fmt: skip
+
+
+def val_detection(decided: pd.DataFrame) -> dict:
+    """Benchmarks only: of the val samples a round judged, how many mislabelled and clean ones
+    it dropped (``decided`` from ``rules.judge_val``, with ``true_label``)."""
+    judged = decided[decided["judged"].to_numpy()]
+    noisy = (judged["label"] != judged["true_label"]).to_numpy()
+    dropped = (judged["action"] != "keep").to_numpy()
+    return {"judged": len(judged), "noisy": int(noisy.sum()),
+            "dropped_noisy": int((noisy & dropped).sum()),
+            "dropped_clean": int((~noisy & dropped).sum())}  # fmt: skip

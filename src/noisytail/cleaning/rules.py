@@ -21,6 +21,8 @@ Two more choices decide how well rounds work on long-tailed data (benchmarks/cle
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -116,3 +118,23 @@ def apply_class_floor(decided: pd.DataFrame, floor: int, score: np.ndarray) -> p
             best = rows.index[np.argsort(-score[rows.index], kind="stable")[:missing]]
             out.loc[best, "action"] = "keep"
     return out
+
+
+def judge_val(
+    val: pd.DataFrame, predictions: pd.DataFrame | None, num_classes: int, config: CleaningConfig
+) -> pd.DataFrame:
+    """Per val sample: whether it was judged and the action. Val samples cut from the given
+    labels (``predictions`` of them: the round's model, which never trained on them) are judged
+    as the rule judges training samples, on the softmax alone; the tuning stage tunes on the
+    ones kept. A val split of the data's own (``predictions`` None) is kept whole."""
+    decided = val[["sample_id", "label"]].assign(judged=False, action="keep")
+    if "true_label" in val:
+        decided["true_label"] = val["true_label"].to_numpy()
+    if predictions is None:
+        return decided
+    _, verdict = judge_predictions(predictions, num_classes, replace(config, neighbour_weight=0.0))
+    action = decided["sample_id"].map(verdict.set_index("sample_id")["action"])
+    judged = action.notna().to_numpy()
+    decided.loc[judged, "judged"] = True
+    decided.loc[judged, "action"] = action[judged]
+    return decided

@@ -34,8 +34,11 @@ class TuningConfig:
     tau_max: float = 1.5
     weight_trials: int = 40
     top: int = 10  # each member's top-`top` enters the ensemble
+    keep_z: float = 2.0  # a tuned value is kept when it beats the plain one on val by this many
+    #                      standard errors of the paired difference (test_time.selection)
 
     def __post_init__(self) -> None:
         for name in ("tau_trials", "weight_trials", "top"):
             check_range(f"tuning.{name}", getattr(self, name), 1)
         check_range("tuning.tau_max", self.tau_max, 0)
+        check_range("tuning.keep_z", self.keep_z, 0)

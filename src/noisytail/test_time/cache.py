@@ -57,5 +57,23 @@ def load_views(
 
 def split_rows(cache: dict[str, np.ndarray], split: str) -> dict[str, np.ndarray]:
     """The rows of one split of a cache (the per-class arrays are shared)."""
-    keep = cache["split"] == split
-    return {k: v if k in ("norm", "bias") else v[keep] for k, v in cache.items() if k != "split"}
+    rows = select_rows(cache, cache["split"] == split)
+    rows.pop("split")
+    return rows
+
+
+def select_rows(cache: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of a cache where ``keep`` holds (the per-class arrays are shared)."""
+    return {k: v if k in ("norm", "bias") else v[keep] for k, v in cache.items()}
+
+
+def cleaned_val(decisions_file: str | Path, sample_ids: np.ndarray) -> np.ndarray:
+    """Which of the val ``sample_ids`` to tune on: those the last cleaning round kept
+    (``val_decisions.parquet``; all of them without one, or for a val of the data's own)."""
+    if not decisions_file or not Path(decisions_file).is_file():
+        return np.ones(len(sample_ids), dtype=bool)
+    import pandas as pd
+
+    decided = pd.read_parquet(decisions_file, columns=["sample_id", "action"])
+    action = pd.Series(np.asarray(sample_ids)).map(decided.set_index("sample_id")["action"])
+    return (action.fillna("keep") == "keep").to_numpy()
