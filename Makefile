@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow run ensemble studies lint format deps lock ui clean
+.PHONY: help setup data test test-slow run ensemble studies lint format deps gpu-smoke lock ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ format: setup ## ruff format and autofix
 
 deps: setup ## write each dvc.yaml stage's library deps from what its script imports
 	$(PY) -m noisytail.dependencies dvc.yaml
+
+gpu-smoke: ## fetch the GPU smoke check's wheels; then run scripts/gpu_smoke.sh on a lent GPU
+	scripts/gpu_smoke.sh wheels
+	@echo "on the GPU machine: scripts/gpu_smoke.sh run   (device tool: carry .whl, ~5 min)"
 
 lock: ## re-resolve requirements.in into requirements.lock (needs the network)
 	rm -rf .lock-venv && python3 -m venv .lock-venv

@@ -12,14 +12,14 @@ import argparse
 import json
 from pathlib import Path
 
-from noisytail.config import from_mapping, load_params
+from noisytail.config import ConfigError, from_mapping, load_params
 from noisytail.config.members import member_plan
 from noisytail.config.params import load_checked_params
 from noisytail.config.test_time import TTAConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
 from noisytail.serving.model import log_ensemble
-from noisytail.tracking import RunTracker
+from noisytail.tracking import OFF, RunTracker, tracking_uri
 
 PREPARED = "data/prepared/manifest.parquet"
 
@@ -45,6 +45,11 @@ def main() -> None:
     }  # fmt: skip
     dirs = {m: member_plan(params, m).step_dir("balance") for m in tuned}
     tracking = params.get("tracking") or {}
+    if tracking_uri(tracking.get("uri", "")) == OFF:
+        raise ConfigError(
+            "tracking.uri is off, but the registry lives in MLflow: set it (or "
+            "MLFLOW_TRACKING_URI) to a tracking store to register the ensemble"
+        )
     run = RunTracker(tracking.get("experiment", "noisytail"), "ensemble/register",
                      uri=tracking.get("uri", ""), tags={"kind": "ensemble"})  # fmt: skip
     tags = {}  # each member's version, as its balance step registered it

@@ -249,3 +249,19 @@ def test_a_retrained_full_step_retrains_the_steps_built_on_it(tmp_path, monkeypa
     after = {name: step(name) for name in ("full", "hires", "balance")}
     for name in ("full", "hires", "balance"):
         assert after[name] != before[name], f"{name} was not retrained"
+
+
+def test_tracking_off_logs_nothing_and_needs_no_mlflow(tmp_path, monkeypatch):
+    """tracking.uri: off (the GPU smoke check, where the image has no MLflow): no run, no
+    store, and mlflow is not imported for it."""
+    from noisytail.tracking import RunTracker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # importing it would now fail
+    tracker = RunTracker("x", "run", uri="off")
+    tracker.log_params({"a": 1})
+    tracker.log_metrics({"loss": 1.0})
+    tracker.end()
+    assert not tracker.enabled and tracker.run_id is None
+    assert not list(tmp_path.iterdir())

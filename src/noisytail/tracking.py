@@ -1,7 +1,8 @@
 """MLflow tracking: one run per training, logged by the main process only.
 
 The tracking URI comes from ``MLFLOW_TRACKING_URI``, else ``tracking.uri`` in params, else
-``sqlite:///mlflow.db`` in the working directory (the repo root under DVC). A remote server that
+``sqlite:///mlflow.db`` in the working directory (the repo root under DVC); ``off`` logs nothing
+(the registry stage then refuses to run). A remote server that
 does not answer fails the run at start, not after an hour of training.
 """
 
@@ -25,6 +26,9 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 class TrackingUnavailable(NoisytailError, RuntimeError):
     """The MLflow tracking server cannot be reached."""
+
+
+OFF = "off"  # tracking.uri (or MLFLOW_TRACKING_URI) "off": no run is logged (a GPU smoke check)
 
 
 def tracking_uri(configured: str = "") -> str:
@@ -73,14 +77,14 @@ class RunTracker:
         """``resume_file`` holds the run id: a run recorded there is continued (a resumed
         training), else a new run is started and, with ``record``, its id written there.
         ``nested`` opens the run as a child of the process's active run."""
-        self.enabled, self.run_id = enabled, None
-        if not enabled:
+        self.uri = tracking_uri(uri)
+        self.enabled, self.run_id = enabled and self.uri != OFF, None
+        if not self.enabled:
             return
         import mlflow  # heavy: imported only where a run is logged
 
         self.mlflow, self.client = mlflow, None
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation chatter
-        self.uri = tracking_uri(uri)
         check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment)
