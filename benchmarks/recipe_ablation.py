@@ -1,8 +1,9 @@
 """What each part of noisytail's training recipe costs or earns: one change at a time.
 
 On FMNIST-LT-N with the noisy labels (benchmark seed 0 by default), each row trains the recipe
-this ablation started from (``BASE``: params.yaml as it was then) with one change and reports validation mean class error (the split the defaults are
-chosen on: clean, 100 images per class) and test mean class error (only reported). Two rows cost
+this ablation started from (``BASE``: params.yaml as it was then) with one change and reports
+validation mean class error (the split the defaults are chosen on: clean, 100 images per class)
+and test mean class error (only reported). Two rows cost
 no training: the default run's best-validation epoch (checkpoint selection), and the ``zoom`` run
 evaluated with a plain resize, the train/test scale mismatch the seed's code had.
 
