@@ -24,7 +24,7 @@ from noisytail.data.manifest import read_manifest
 from noisytail.members import ranked_on_val
 from noisytail.metrics import classification_report
 from noisytail.test_time.cache import load_views, split_rows
-from noisytail.test_time.scoring import ensemble_rows
+from noisytail.test_time.scoring import ensemble_rows, read_rows
 
 
 def member_metrics(name: str, step: str) -> dict:
@@ -42,7 +42,7 @@ def main() -> None:
     names = list(params["members"])
     member = args.member or names[0]
     baseline = json.loads((RESULTS / "baseline.json").read_text())["summary"]["0"]
-    ensemble = json.loads(Path("metrics/ensemble.json").read_text())
+    ensemble = read_rows("metrics/ensemble_rows.csv")
     last_round = params["cleaning"]["rounds"][-1]["round"]
     manifest = read_manifest("data/prepared/manifest.parquet")
     counts = manifest.class_counts("train", "true_label").to_numpy()

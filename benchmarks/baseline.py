@@ -49,7 +49,7 @@ def benchmark_data(seed: int, work: Path, params: dict) -> Manifest:
     if not (out / "manifest.parquet").is_file():
         data = from_mapping(DataConfig, params.get("data"), "data")
         bench = from_mapping(BenchmarkConfig, params.get("benchmark"), "benchmark")
-        manifest, _ = prepare(data, bench, out, seed=seed)
+        manifest, _, _ = prepare(data, bench, out, seed=seed)
         write_manifest(manifest, out / "manifest.parquet")
     return read_manifest(out / "manifest.parquet")
 

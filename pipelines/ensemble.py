@@ -1,6 +1,7 @@
 """DVC stage `ensemble`: the members as tuned (tuned.yaml) and their weighted top-10 ensemble,
-on val and test: metrics/ensemble.json, predictions.csv (test top-5) and per-class accuracy
-against training frequency (metrics/ensemble_per_class.png).
+on val and test: metrics/ensemble_rows.csv (every row below), metrics/ensemble.json (the
+headline: a few numbers), predictions.csv (test top-5) and per-class accuracy against
+training frequency (metrics/ensemble_per_class.png).
 
 Rows per member: as trained (bias, centre view), + tau, + tau and TTA; then the ensemble with
 equal weights and with the tuned weights. Every choice was made on val (pipelines/tune.py);
@@ -26,7 +27,7 @@ from noisytail.members import ranked_on_val
 from noisytail.metrics import classification_report, per_class_recall
 from noisytail.plots import accuracy_by_frequency
 from noisytail.test_time.cache import cleaned_val, load_views, select_rows
-from noisytail.test_time.scoring import ensemble_rows
+from noisytail.test_time.scoring import ensemble_rows, headline, rows_table
 
 PREPARED = "data/prepared/manifest.parquet"
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--views", default="data/test_time")
     parser.add_argument("--tuned", default="tuned.yaml")
     parser.add_argument("--metrics", default="metrics/ensemble.json")
+    parser.add_argument("--rows", default="metrics/ensemble_rows.csv")
     parser.add_argument("--predictions", default="predictions.csv")
     parser.add_argument("--plot", default="metrics/ensemble_per_class.png")
     parser.add_argument(
@@ -74,8 +76,6 @@ def main() -> None:
             per_class[split, row] = 100 * per_class_recall(index[:, 0], labels,
                                                            manifest.num_classes)  # fmt: skip
 
-    Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.metrics).write_text(json.dumps(report, indent=1))
     shown = "test" if "test" in splits else "val"  # the split predictions.csv and the plot show
     index, prob = lists[shown]
     table = pd.DataFrame({"sample_id": first["sample_id"][splits[shown]], "split": shown})
@@ -86,6 +86,9 @@ def main() -> None:
     chosen_on = "val_cleaned" if "val_cleaned" in splits else "val"  # where tuning chose
     best = ranked_on_val({m: report[f"{m}/tau+tta"][chosen_on]["mean_class_error"]
                           for m in names})[0]  # fmt: skip
+    Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.metrics).write_text(json.dumps(headline(report, best), indent=1))
+    rows_table(report).to_csv(args.rows, index=False)
     accuracy_by_frequency(args.plot, manifest.classes, counts.to_numpy(), {
         f"{best} as trained": per_class[shown, f"{best}/as_trained"],
         f"{best} + tau + TTA": per_class[shown, f"{best}/tau+tta"],

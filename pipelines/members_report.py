@@ -1,6 +1,6 @@
 """DVC stage `members`: every member side by side, as a table, a plot and one MLflow parent run.
 
-Writes metrics/members.json (one row per member and step, and a summary) and
+Writes metrics/members.json (the summary), metrics/members.csv (one row per member and step) and
 metrics/members.png; opens a `members` MLflow run and nests each member's run under it, so the
 MLflow UI compares the members of this `dvc repro` side by side.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import pandas as pd
 
 from noisytail.config.members import STEPS, member_plan
 from noisytail.config.params import load_checked_params
@@ -31,7 +33,8 @@ def main() -> None:
     rows = read_member_metrics(names)
     summary = members_summary(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps(summary, indent=1))  # a DVC metric: a handful
+    pd.DataFrame(rows).to_csv(Path(args.out).with_suffix(".csv"), index=False)
     member_steps(args.plot, rows, STEPS)
 
     print(f"{'member':<16} {'step':<8} {'size':>4} {'val MCE':>8} {'test MCE':>9} "

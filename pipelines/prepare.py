@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from noisytail.config import from_mapping
 from noisytail.config.data import BenchmarkConfig, DataConfig
 from noisytail.config.params import load_checked_params
@@ -32,32 +34,27 @@ def main() -> None:
         (out / "images" / "README.txt").write_text(
             "Your images stay where they are; manifest.parquet points at them.\n"
         )
-    manifest, summary = prepare(data, benchmark, out, seed=params.get("seed", 0))
+    manifest, summary, per_class = prepare(data, benchmark, out, seed=params.get("seed", 0))
 
     write_manifest(manifest, out / "manifest.parquet")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    series = {"given label": list(summary["train_per_class"].values())}
-    if "clean_per_class" in summary:
-        series = {"clean (true label)": list(summary["clean_per_class"].values()), **series}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))  # a DVC metric: a handful
+    per_class.to_csv(out / "class_counts.csv", index=False)  # the per-class detail: a DVC plot
+    series = {"given label": per_class["given"].to_numpy()}
+    if "clean" in per_class:
+        series = {"clean (true label)": per_class["clean"].to_numpy(), **series}
     class_distribution(out / "class_distribution.png", manifest.classes, series)
-    rows = ["class,given" + (",clean,noisy" if "clean_per_class" in summary else "")]
-    for name in manifest.classes:
-        row = f"{name},{summary['train_per_class'][name]}"
-        if "clean_per_class" in summary:
-            row += f",{summary['clean_per_class'][name]},{summary['noisy_per_class'][name]}"
-        rows.append(row)
-    (out / "class_counts.csv").write_text("\n".join(rows) + "\n")
 
     print(f"{manifest.num_classes} classes, splits {summary['split_sizes']}")
     if "noise_rate" in summary:
         print(f"noisy labels: {summary['noisy_labels']} ({100 * summary['noise_rate']:.2f}%)")
-    print(
-        f"{'class':<14}{'given':>7}"
-        + (f"{'clean':>7}{'noisy':>7}" if "noise_rate" in summary else "")
-    )
-    for line in rows[1:]:
-        name, *counts = line.rsplit(",", 3 if "noise_rate" in summary else 1)
-        print(f"{name:<14}" + "".join(f"{c:>7}" for c in counts))
+    shown = per_class.sort_values("given", ascending=False, kind="stable")
+    if len(shown) > 20:  # thousands of classes: the head and the tail
+        print(
+            f"the 10 largest and the 10 smallest of {len(shown)} classes "
+            f"({out / 'class_counts.csv'} has them all):"
+        )
+        shown = pd.concat([shown.head(10), shown.tail(10)])
+    print(shown.to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def test_prepare_stops_before_training_on_bad_images(broken_folder, tmp_path):
     data = DataConfig(source="image_folder", path=str(broken_folder), **tiny)
     with pytest.raises(ManifestError, match="4 bad image"):
         prepare(data, BenchmarkConfig(), tmp_path / "out")
-    manifest, summary = prepare(
+    manifest, summary, _ = prepare(
         DataConfig(source="image_folder", path=str(broken_folder), on_bad_image="skip", **tiny),
         BenchmarkConfig(), tmp_path / "out",
     )  # fmt: skip

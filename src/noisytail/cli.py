@@ -16,8 +16,12 @@ from noisytail.errors import EXIT_STATUS, EXPECTED_ERRORS, one_line
 def inspect_manifest(args: argparse.Namespace) -> int:
     """Print a manifest's splits, per-class counts and (benchmarks) noise rate."""
     manifest = read_manifest(args.manifest)
-    summary = {"digest": manifest_digest(manifest.table), **summarise(manifest)}
-    print(json.dumps(summary, indent=2))
+    summary, per_class = summarise(manifest)
+    print(json.dumps({"digest": manifest_digest(manifest.table), **summary}, indent=2))
+    shown = per_class.sort_values("given", ascending=False, kind="stable")
+    print((shown if len(shown) <= 20 else shown.head(10)).to_string(index=False))
+    if len(shown) > 20:
+        print(f"... and {len(shown) - 10} smaller classes")
     return 0
 
 

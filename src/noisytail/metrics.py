@@ -29,7 +29,7 @@ def classification_report(
         "mean_class_error": 100.0 * (1.0 - float(np.nanmean(recall))),
     }
     if train_counts is not None:
-        groups = np.array([shot_group(int(n)) for n in train_counts])
+        groups = shot_groups(np.asarray(train_counts))
         for group in ("many", "medium", "few"):
             members = recall[(groups == group) & ~np.isnan(recall)]
             if len(members):
@@ -44,3 +44,8 @@ def shot_group(clean_count: int, many: int = 1000, few: int = 200) -> str:
     if clean_count < few:
         return "few"
     return "medium"
+
+
+def shot_groups(counts: np.ndarray, many: int = 1000, few: int = 200) -> np.ndarray:
+    """``shot_group`` of each count, as one array (no Python loop over classes)."""
+    return np.where(counts >= many, "many", np.where(counts < few, "few", "medium"))

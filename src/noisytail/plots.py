@@ -25,16 +25,27 @@ def class_distribution(
     class_names: Sequence[str],
     series: dict[str, Sequence[int]],
     title: str = "Training images per class",
+    max_bars: int = 60,
 ) -> Path:
-    """Grouped bars per class, classes sorted by the first series (the long tail, left to right)."""
+    """Images per class, classes sorted by the first series (the long tail, left to right): a
+    bar per class when there are few, else each series' count against class rank on log-log
+    axes (a figure of bounded size at any number of classes)."""
     first = np.asarray(next(iter(series.values())))
     order = np.argsort(-first, kind="stable")
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names)), 4))
-    for k, (name, counts) in enumerate(series.items()):
-        ax.bar(np.arange(len(order)) + k * width, np.asarray(counts)[order], width, label=name)
-    ax.set_xticks(np.arange(len(order)) + width * (len(series) - 1) / 2)
-    ax.set_xticklabels([class_names[i] for i in order], rotation=45, ha="right")
+    if len(class_names) > max_bars:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        rank = np.arange(1, len(order) + 1)
+        for name, counts in series.items():
+            ax.step(rank, np.maximum(np.asarray(counts)[order], 0.5), where="mid", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"class rank (1 = largest of {len(order):,})")
+    else:
+        width = 0.8 / len(series)
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names)), 4))
+        for k, (name, counts) in enumerate(series.items()):
+            ax.bar(np.arange(len(order)) + k * width, np.asarray(counts)[order], width, label=name)
+        ax.set_xticks(np.arange(len(order)) + width * (len(series) - 1) / 2)
+        ax.set_xticklabels([class_names[i] for i in order], rotation=45, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("images (log scale)")
     ax.set_title(title)

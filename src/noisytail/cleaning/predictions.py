@@ -160,11 +160,11 @@ def merge_out_of_fold(
 ) -> pd.DataFrame:
     """Join the fold models' predictions: each sample must come from the one model that held it
     out (``fold_predictions[k]`` predicts exactly the samples with ``fold == k``)."""
-    position = {sid: i for i, sid in enumerate(sample_ids)}
+    position = pd.Index(sample_ids)
     for k, table in enumerate(fold_predictions):
-        where = np.array([position[s] for s in table["sample_id"]])
-        if len(where) != int((fold == k).sum()) or np.any(fold[where] != k):
+        where = position.get_indexer(table["sample_id"])
+        if (where < 0).any() or len(where) != int((fold == k).sum()) or np.any(fold[where] != k):
             raise ValueError(f"fold model {k} must predict exactly the samples of fold {k}")
     merged = pd.concat(fold_predictions, ignore_index=True)
-    order = np.argsort([position[s] for s in merged["sample_id"]])
+    order = np.argsort(position.get_indexer(merged["sample_id"]), kind="stable")
     return merged.iloc[order].reset_index(drop=True)

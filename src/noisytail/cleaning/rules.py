@@ -109,14 +109,22 @@ def judge_predictions(
 
 
 def apply_class_floor(decided: pd.DataFrame, floor: int, score: np.ndarray) -> pd.DataFrame:
-    """Give back the best-scored dropped samples of any class left with fewer than ``floor``."""
+    """Give back the best-scored dropped samples of any class left with fewer than ``floor``.
+
+    One sort, whatever the number of classes: the dropped samples by class and then by falling
+    score (ties in row order), the first ``floor - kept`` of each class given back."""
     out = decided.copy()
-    kept = out.loc[out["action"] != "drop", "new_label"].value_counts()
-    for label, rows in out[out["action"] == "drop"].groupby("label"):
-        missing = floor - int(kept.get(label, 0))
-        if missing > 0:
-            best = rows.index[np.argsort(-score[rows.index], kind="stable")[:missing]]
-            out.loc[best, "action"] = "keep"
+    action, label = out["action"].to_numpy().copy(), out["label"].to_numpy()
+    classes = int(max(label.max(initial=-1), out["new_label"].to_numpy().max(initial=-1))) + 1
+    kept = np.bincount(out["new_label"].to_numpy()[action != "drop"], minlength=classes)
+    missing = np.maximum(floor - kept, 0)
+    dropped = np.flatnonzero(action == "drop")
+    order = dropped[np.lexsort((-np.asarray(score)[dropped], label[dropped]))]
+    by_class = label[order]
+    first = np.searchsorted(by_class, by_class)  # where each class's run starts
+    rank = np.arange(len(order)) - first
+    action[order[rank < missing[by_class]]] = "keep"
+    out["action"] = action
     return out
 
 

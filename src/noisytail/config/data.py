@@ -22,8 +22,8 @@ class DataConfig:
     path: str = ""  # image folder or CSV/parquet table for the user sources
     root: str = ""  # folder that relative paths in a table are resolved against
     val_fraction: float = 0.1  # user data without a val split: hold out this share per class,
-    val_per_class: int = 100  # at most this many,
-    val_min_class: int = 10  # and nothing from a class with fewer images
+    val_per_class: int = 100  # at least one, at most this many,
+    val_min_class: int = 3  # and nothing from a class with fewer images
     on_bad_image: str = "error"  # error | skip
     check_workers: int = 8
     fashion_mnist_dir: str = str(FASHION_MNIST_DIR)

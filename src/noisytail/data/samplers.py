@@ -57,26 +57,35 @@ class ClassAwareSampler(EpochSampler):
     """Class c is drawn with probability proportional to ``n_c ** power``, then a sample of it.
 
     ``power=0`` is class-balanced sampling, ``0.5`` square-root sampling. Within a class,
-    samples are taken in a fresh random order and cycled, so each is seen as evenly as possible.
+    samples are taken in a fresh random order each epoch and cycled, so each is seen as evenly
+    as possible. All of it is sorting: O(N log N) an epoch, whatever the number of classes (a
+    mask per class would be N x C: 2.5e11 comparisons at AliProducts' 2.5M x 50,030).
     """
 
     def __init__(self, labels: Sequence[int], power: float, **kwargs) -> None:
         super().__init__(labels, **kwargs)
         self.power = power
-        present, counts = np.unique(self.labels, return_counts=True)
+        self.by_class = np.argsort(self.labels, kind="stable")  # samples grouped by class
+        present, self.counts = np.unique(self.labels, return_counts=True)
         self.classes = present
-        self.members = [np.flatnonzero(self.labels == c) for c in present]
-        weights = counts.astype(np.float64) ** power
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])  # in by_class
+        weights = self.counts.astype(np.float64) ** power
         self.class_probs = weights / weights.sum()
 
     def draw_epoch(self, rng: np.random.Generator) -> np.ndarray:
-        draws = rng.choice(len(self.classes), size=len(self.labels), p=self.class_probs)
-        indices = np.empty(len(self.labels), dtype=np.int64)
-        for k, members in enumerate(self.members):
-            slots = np.flatnonzero(draws == k)
-            repeats = math.ceil(len(slots) / len(members)) if len(slots) else 0
-            order = np.concatenate([rng.permutation(members) for _ in range(repeats)] or [[]])
-            indices[slots] = order[: len(slots)]
+        n = len(self.labels)
+        draws = rng.choice(len(self.classes), size=n, p=self.class_probs)  # a class per slot
+        # each class's samples in a random order: sort by class, then by a random key
+        grouped = self.labels[self.by_class]
+        shuffled = self.by_class[np.lexsort((rng.random(n), grouped))]
+        # the j-th slot of class k takes its (j mod n_k)-th sample: cycling through the class
+        slots = np.argsort(draws, kind="stable")
+        taken = np.bincount(draws, minlength=len(self.classes))
+        first_slot = np.concatenate([[0], np.cumsum(taken)[:-1]])
+        klass = draws[slots]
+        rank = np.arange(n) - first_slot[klass]
+        indices = np.empty(n, dtype=np.int64)
+        indices[slots] = shuffled[self.starts[klass] + rank % self.counts[klass]]
         return indices
 
 

@@ -1,11 +1,13 @@
 """The members as tuned and their ensembles, scored from the view caches: the one builder of the
-rows that metrics/ensemble.json, the ablation table and the served model report."""
+rows that metrics/ensemble_rows.csv, the ablation table and the served model report."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from noisytail.test_time.cache import tta_top_k
 from noisytail.test_time.ensemble import ensemble_top_k
@@ -46,3 +48,30 @@ def ensemble_rows(
                            top=top)  # fmt: skip
     rows["ensemble"] = final[0]
     return rows, final
+
+
+def rows_table(report: Mapping[str, Mapping[str, Mapping[str, float]]]) -> pd.DataFrame:
+    """``report[row][split]`` (metric -> value) as one table: a line per row and split."""
+    return pd.DataFrame([{"row": row, "split": split, **metrics}
+                         for row, splits in report.items()
+                         for split, metrics in splits.items()])  # fmt: skip
+
+
+def read_rows(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """The table ``rows_table`` wrote, back as ``report[row][split]``."""
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for record in pd.read_csv(path).to_dict("records"):
+        row, split = record.pop("row"), record.pop("split")
+        report.setdefault(row, {})[split] = {k: v for k, v in record.items() if v == v}
+    return report
+
+
+def headline(report: Mapping[str, Mapping[str, Mapping[str, float]]], best: str) -> dict:
+    """The few numbers metrics/ensemble.json keeps (a DVC metric: it must fit on a screen): the
+    tuned and the equal-weight ensemble and the best member after tau and TTA, per split."""
+    keep = ("mean_class_error", "top1", "few_accuracy")
+    picked = {"ensemble": report["ensemble"],
+              "ensemble_equal_weights": report["ensemble/equal_weights"],
+              "best_member": report[f"{best}/tau+tta"]}  # fmt: skip
+    return {name: {split: {k: m[k] for k in keep if k in m} for split, m in splits.items()}
+            for name, splits in picked.items()}  # fmt: skip
