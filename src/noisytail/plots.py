@@ -97,19 +97,42 @@ def accuracy_by_frequency(
     class_names: Sequence[str],
     train_counts: Sequence[int],
     accuracy: dict[str, Sequence[float]],
+    max_points: int = 60,
 ) -> Path:
     """Per-class test accuracy against the class's training images (log scale), one series per
-    model: where the tail loses, and what each step wins back."""
+    model: where the tail loses, and what each step wins back. With more than ``max_points``
+    classes, the mean accuracy of each frequency bin (powers of two) instead of a point a
+    class, so the figure reads the same at 10 or 50,030 classes; class names only up to 20."""
     counts = np.asarray(train_counts)
-    order = np.argsort(-counts)
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    binned = len(counts) > max_points
+    if binned:
+        bins = np.floor(np.log2(np.maximum(counts, 1))).astype(int)
+        edges = np.unique(bins)
+        x = 2.0**edges * np.sqrt(2)  # the bin's geometric middle
+        members = np.bincount(bins, minlength=edges.max() + 1)[edges]
     for (name, values), marker in zip(accuracy.items(), "os^vD*"):
-        ax.plot(counts[order], np.asarray(values)[order], marker=marker, label=name, alpha=0.8)
-    for i in order:
-        ax.annotate(class_names[i], (counts[i], 0), fontsize=7, rotation=60, ha="left",
-                    va="bottom", xytext=(0, 2), textcoords="offset points")  # fmt: skip
+        values = np.asarray(values, dtype=np.float64)
+        if binned:
+            known = ~np.isnan(values)
+            sums = np.bincount(bins[known], values[known], minlength=edges.max() + 1)[edges]
+            seen = np.bincount(bins[known], minlength=edges.max() + 1)[edges]
+            ax.plot(x, sums / np.maximum(seen, 1), marker=marker, label=name, alpha=0.8)
+        else:
+            order = np.argsort(-counts)
+            ax.plot(counts[order], values[order], marker=marker, label=name, alpha=0.8)
+    if binned:
+        for xi, n in zip(x, members):
+            ax.annotate(f"{n:,}", (xi, 0), fontsize=7, ha="center", va="bottom",
+                        xytext=(0, 2), textcoords="offset points")  # fmt: skip
+        ax.set_xlabel("training images of the class (bins; the count: classes in the bin)")
+    else:
+        if len(counts) <= 20:
+            for i in range(len(counts)):
+                ax.annotate(class_names[i], (counts[i], 0), fontsize=7, rotation=60, ha="left",
+                            va="bottom", xytext=(0, 2), textcoords="offset points")  # fmt: skip
+        ax.set_xlabel("training images of the class")
     ax.set_xscale("log")
-    ax.set_xlabel("training images of the class")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend()
