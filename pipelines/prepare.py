@@ -30,7 +30,7 @@ def main() -> None:
     # DVC output even for user data, whose images stay where they are (only FMNIST writes here):
     # a note keeps it from being an empty folder, which DVC warns about on every run.
     (out / "images").mkdir(parents=True, exist_ok=True)
-    if params["data"].get("source", "fmnist_lt_n") != "fmnist_lt_n":
+    if params["data"].get("source", "fmnist_lt_n") not in ("fmnist_lt_n", "sku_lt_n"):
         (out / "images" / "README.txt").write_text(
             "Your images stay where they are; manifest.parquet points at them.\n"
         )

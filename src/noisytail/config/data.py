@@ -11,14 +11,16 @@ from noisytail.config import ConfigError, check_choice, check_range
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-SOURCES = ("fmnist_lt_n", "image_folder", "table")
+SOURCES = ("fmnist_lt_n", "sku_lt_n", "image_folder", "table")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """``data:`` in params.yaml."""
 
-    source: str = "fmnist_lt_n"  # fmnist_lt_n | image_folder | table
+    source: str = (
+        "fmnist_lt_n"  # fmnist_lt_n | sku_lt_n (synthetic benchmarks) | image_folder | table
+    )
     path: str = ""  # image folder or CSV/parquet table for the user sources
     root: str = ""  # folder that relative paths in a table are resolved against
     val_fraction: float = 0.1  # user data without a val split: hold out this share per class,
@@ -33,7 +35,7 @@ class DataConfig:
         check_choice("data.on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
         check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
         check_range("data.val_per_class", self.val_per_class, 0)
-        if self.source != "fmnist_lt_n" and not self.path:
+        if self.source not in ("fmnist_lt_n", "sku_lt_n") and not self.path:
             raise ConfigError(
                 f"data.path: the {self.source!r} source needs the path of your "
                 f"{'image folder' if self.source == 'image_folder' else 'table'}"
@@ -41,14 +43,42 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SkuConfig:
+    """``benchmark.sku_lt_n:``: SKU-LT-N, the AliProducts-shaped benchmark (docs/sku_lt_n.md)."""
+
+    classes: int = 50_030
+    images: int = 500_000  # training images (val and test come on top)
+    head: int = 5000  # the most training images a class has
+    spread: float = 1.6  # sigma of the log-normal sizes: the longer the tail, the larger
+    family_size: int = 5  # look-alike sibling SKUs per family (differ in 2 of 9 patches)
+    image_size: int = 24
+    eta: float = 0.3  # label noise rate
+    sibling_noise: float = 0.5  # share of the flips that go to a sibling (the rest: by size)
+    val_per_class: int = 1  # clean, every class
+    test_per_class: int = 2  # clean, every class
+    workers: int = 0  # processes writing the images (0: one per core)
+
+    def __post_init__(self) -> None:
+        for name in ("classes", "images", "head", "family_size", "image_size"):
+            check_range(f"benchmark.sku_lt_n.{name}", getattr(self, name), 1)
+        check_range("benchmark.sku_lt_n.family_size", self.family_size, 1, 36)
+        check_range("benchmark.sku_lt_n.eta", self.eta, 0.0, 0.99)
+        check_range("benchmark.sku_lt_n.sibling_noise", self.sibling_noise, 0.0, 1.0)
+        check_range("benchmark.sku_lt_n.spread", self.spread, 0.0)
+        for name in ("val_per_class", "test_per_class", "workers"):
+            check_range(f"benchmark.sku_lt_n.{name}", getattr(self, name), 0)
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
-    """``benchmark:`` in params.yaml: FMNIST-LT-N (shared/BENCHMARK.md)."""
+    """``benchmark:`` in params.yaml: FMNIST-LT-N (docs/benchmark.md) and SKU-LT-N."""
 
     n_max: int = 5000
     rho: float = 100.0
     noise_type: str = "imb"
     eta: float = 0.4
     val_per_class: int = 100
+    sku_lt_n: SkuConfig = SkuConfig()
 
     def __post_init__(self) -> None:
         check_choice("benchmark.noise_type", self.noise_type, ("imb", "sym"))

@@ -13,6 +13,7 @@ from noisytail.config import ConfigError
 from noisytail.config.data import SOURCES, BenchmarkConfig, DataConfig
 from noisytail.data.dataset import apply_bad_image_policy, find_bad_images
 from noisytail.data.manifest import Manifest, validate
+from noisytail.data.sku_lt_n import import_sku_lt_n
 from noisytail.data.sources import (
     empty_class_folders,
     import_fmnist_lt_n,
@@ -32,6 +33,8 @@ def import_source(
             n_max=benchmark.n_max, rho=benchmark.rho, noise_type=benchmark.noise_type,
             eta=benchmark.eta, seed=seed,
         )  # fmt: skip
+    if data.source == "sku_lt_n":
+        return import_sku_lt_n(image_dir, benchmark.sku_lt_n, seed)
     if data.source == "image_folder":
         manifest = import_image_folder(data.path)
     elif data.source == "table":
