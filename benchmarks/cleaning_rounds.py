@@ -7,7 +7,7 @@ rounds' models, unless the member says otherwise); the variants share one DVC ca
 whose inputs a variant leaves alone (prepare, round 1's model, often round 2's) is restored from
 DVC's run cache instead of re-run. Then per variant and round it reads what the stages wrote:
 the model's val and test mean class error (`metrics/round_<r>.json`), the round's detection
-against the kept truth (`data/clean/round_<r>/report.json`), and the final data's model.
+against the kept truth (`data/clean/round_<r>/report_full.json`), and the final data's model.
 
 The choice is made on val only (FMNIST-LT-N's val is clean): a variant replaces the default
 when its final model's val mean class error is lower by more than the paired noise of the val
@@ -125,7 +125,7 @@ def read_variant(repo: Path, rounds: int, member: str) -> dict:
     for r in range(1, rounds + 1):
         model = json.loads((repo / f"metrics/round_{r}.json").read_text())
         entry = {"round": r, "model": model}
-        report = repo / f"data/clean/round_{r}/report.json"
+        report = repo / f"data/clean/round_{r}/report_full.json"
         if report.is_file():
             entry["cleaning"] = json.loads(report.read_text())
         result["rounds"].append(entry)

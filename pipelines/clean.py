@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
+
 from noisytail.cleaning.edits import cleaned_manifest
 from noisytail.cleaning.gallery import DECISION_COLUMNS, write_gallery
 from noisytail.cleaning.reports import (
@@ -28,6 +30,16 @@ from noisytail.errors import report_expected_errors
 from noisytail.plots import confidence_histogram
 from noisytail.prediction import read_embeddings, read_predictions
 from noisytail.tracking import RunTracker
+
+
+def headline(report: dict) -> dict:
+    """The few numbers `dvc metrics show` lists for a round (report_full.json has them all)."""
+    keep = {"kept": report["kept"], "dropped": report["dropped"], "val_dropped": report["val"][
+        "dropped"]}  # fmt: skip
+    truth = report.get("truth", {})
+    keep.update({k: truth[k] for k in ("precision", "recall", "f1", "residual_noise")
+                 if k in truth})  # fmt: skip
+    return keep
 
 
 def main() -> None:
@@ -66,12 +78,10 @@ def main() -> None:
     if "true_label" in train:  # benchmarks only: how good were the decisions?
         truth = detection_report(decided, train["true_label"].to_numpy(), manifest.classes)
         since = clean_retention(kept, original.split("train"), manifest.classes)
-        per_class = per_class.assign(
-            clean_kept_share=[r["clean_kept_share"] for r in truth["per_class"]],
-            residual_noise=[r["residual_noise"] for r in truth["per_class"]],
-            clean_lost=[r["clean_lost"] for r in truth["per_class"]],
-            clean_kept_since_first_round=list(since["per_class"].values()),
-        )  # fmt: skip
+        detail = truth["per_class"].drop(columns="class")
+        per_class = pd.concat([per_class, detail], axis=1).assign(
+            clean_kept_since_first_round=since["per_class"]
+        )
         report["truth"] = {k: round(v, 4) if isinstance(v, float) else v
                            for k, v in truth.items() if k != "per_class"}  # fmt: skip
         report["truth"]["since_first_round"] = {
@@ -92,7 +102,8 @@ def main() -> None:
     write_gallery(decided, manifest, out / "gallery", args.round,
                   per_section=gallery.get("per_section", 24),
                   max_classes=gallery.get("max_classes", 50))  # fmt: skip
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report_full.json").write_text(json.dumps(report, indent=1))
+    (out / "report.json").write_text(json.dumps(headline(report), indent=1))  # the DVC metric
     per_class.to_csv(out / "per_class.csv", index=False)
     consistent = (decided["pred"] == decided["label"]).to_numpy()
     confidence_histogram(out / "confidence.png", decided["confidence"].to_numpy(), consistent,
@@ -106,7 +117,7 @@ def main() -> None:
     tracker.log_metrics({"kept": report["kept"], "dropped": report["dropped"],
                          "relabelled": report["relabelled"], **flat})  # fmt: skip
     tracker.log_artifact(out / "confidence.png")
-    tracker.log_artifact(out / "report.json")
+    tracker.log_artifact(out / "report_full.json")
     tracker.log_artifacts(out / "gallery", "gallery")
     tracker.end()
     print(f"round {args.round}: kept {report['kept']}, dropped {report['dropped']}, "

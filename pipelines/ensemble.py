@@ -1,6 +1,6 @@
 """DVC stage `ensemble`: the members as tuned (tuned.yaml) and their weighted top-10 ensemble,
 on val and test: metrics/ensemble_rows.csv (every row below), metrics/ensemble.json (the
-headline: a few numbers), predictions.csv (test top-5) and per-class accuracy against
+tuned ensemble's figures per split), predictions.csv (test top-5) and per-class accuracy against
 training frequency (metrics/ensemble_per_class.png).
 
 Rows per member: as trained (bias, centre view), + tau, + tau and TTA; then the ensemble with
@@ -87,7 +87,7 @@ def main() -> None:
     best = ranked_on_val({m: report[f"{m}/tau+tta"][chosen_on]["mean_class_error"]
                           for m in names})[0]  # fmt: skip
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.metrics).write_text(json.dumps(headline(report, best), indent=1))
+    Path(args.metrics).write_text(json.dumps(headline(report), indent=1))
     rows_table(report).to_csv(args.rows, index=False)
     accuracy_by_frequency(args.plot, manifest.classes, counts.to_numpy(), {
         f"{best} as trained": per_class[shown, f"{best}/as_trained"],

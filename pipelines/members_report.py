@@ -1,6 +1,7 @@
 """DVC stage `members`: every member side by side, as a table, a plot and one MLflow parent run.
 
-Writes metrics/members.json (the summary), metrics/members.csv (one row per member and step) and
+Writes metrics/members.json (the best member's val and test: the DVC metric),
+metrics/members_summary.json, metrics/members.csv (one row per member and step) and
 metrics/members.png; opens a `members` MLflow run and nests each member's run under it, so the
 MLflow UI compares the members of this `dvc repro` side by side.
 """
@@ -33,7 +34,11 @@ def main() -> None:
     rows = read_member_metrics(names)
     summary = members_summary(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=1))  # a DVC metric: a handful
+    best = next(r for r in rows if r["member"] == summary["best_member"] and r["step"] == STEPS[-1])
+    scored = {split: {k[len(split) + 1 :]: v for k, v in best.items() if k.startswith(f"{split}_")}
+              for split in ("val", "test")}  # fmt: skip
+    Path(args.out).write_text(json.dumps(scored, indent=1))  # the DVC metric: the best member
+    Path(args.out).with_name("members_summary.json").write_text(json.dumps(summary, indent=1))
     pd.DataFrame(rows).to_csv(Path(args.out).with_suffix(".csv"), index=False)
     member_steps(args.plot, rows, STEPS)
 
@@ -59,7 +64,6 @@ def main() -> None:
     parent.adopt([f.read_text().strip() for f in run_files if f.is_file()])
     # each member's run holds its own figures (one chart, a bar per member, in the UI); the
     # parent only the best member's
-    best = next(r for r in rows if r["member"] == summary["best_member"] and r["step"] == STEPS[-1])
     parent.log_metrics({k: v for k, v in best.items() if k.startswith(("val_", "test_"))})
     parent.log_artifact(args.out)
     parent.log_artifact(args.plot)

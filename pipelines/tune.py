@@ -13,13 +13,15 @@ import argparse
 import hashlib
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from noisytail.config import from_mapping
 from noisytail.config.params import load_checked_params
 from noisytail.config.test_time import TTAConfig, TuningConfig
 from noisytail.errors import report_expected_errors
-from noisytail.test_time.cache import cleaned_val, load_views, select_rows
+from noisytail.metrics import coverage_by_group
+from noisytail.test_time.cache import cleaned_val, load_views, moved_into_top, select_rows
 from noisytail.test_time.scoring import member_top_k
 from noisytail.test_time.tuning import tune_tau, tune_tta, tune_weights
 from noisytail.tracking import GroupedChildRuns, RunTracker
@@ -43,6 +45,17 @@ def main() -> None:
         help="the last cleaning round's val_decisions.parquet: tune on the val "
         "samples it keeps (a val cut from the given labels, cleaned)",
     )
+    parser.add_argument(
+        "--class-counts",
+        default="data/prepared/class_counts.csv",
+        help="training images per class (prepare): val's coverage of the tail",
+    )
+    parser.add_argument(
+        "--min-val-images",
+        type=int,
+        default=20,
+        help="warn when a many / medium / few group has fewer val images",
+    )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -60,6 +73,15 @@ def main() -> None:
     )
     num_classes = len(next(iter(views[names[0]].values()))["norm"])
     labels = next(iter(views[names[0]].values()))["label"]
+    counts = pd.read_csv(args.class_counts)["given"].to_numpy()
+    coverage = coverage_by_group(labels, counts)
+    for group, covered in coverage.items():
+        print(f"  val, {group} classes: {covered['images']} images of {covered['classes']} of "
+              f"{covered['of_classes']} classes")  # fmt: skip
+        if covered["images"] < args.min_val_images:
+            print(f"warning: val has {covered['images']} images of {group} classes (fewer than "
+                  f"{args.min_val_images}): tau, TTA and the weights are tuned with them barely "
+                  f"seen; give more val images of those classes")  # fmt: skip
     files = sorted(Path(args.views).glob("*/scale_*.npz"))
     key = digest(files, config)
 
@@ -74,7 +96,7 @@ def main() -> None:
         study_runs.log(study, f"trial_{number}", trial_params, {"val_mean_class_error": value})
 
     tuned: dict = {"members": {}, "decisions": {}, "val": {"samples": len(kept),
-                   "tuned_on": int(kept.sum())},
+                   "tuned_on": int(kept.sum()), "by_group": coverage},
                    "studies": {"storage": config.storage, "inputs": key}}  # fmt: skip
     for name in names:
         plain = views[name][f"{scales[0]:g}"]
@@ -83,7 +105,9 @@ def main() -> None:
                        log_trial)  # fmt: skip
         scale, mode = tta.value
         tuned["members"][name] = {"tau": tau.value, "scale": float(scale), "mode": mode}
-        tuned["decisions"][name] = {"tau": tau.record(), "tta": tta.record()}
+        moved = moved_into_top(plain, tau.value, config.top)  # classes a top-10 cache would miss
+        tuned["decisions"][name] = {"tau": tau.record(), "tta": tta.record(),
+                                    "tau_moved_in": round(moved, 4)}  # fmt: skip
         print(
             f"{name}: tau {tau.value} (best trial {tau.tuned}: {tau.comparison.describe()}); "
             f"TTA {mode} at scale {scale} (best {tta.tuned}: {tta.comparison.describe()})"

@@ -60,3 +60,19 @@ def test_modules_stay_small():
     sizes = {f.relative_to(PACKAGE).as_posix(): len(f.read_text().splitlines())
              for f in PACKAGE.rglob("*.py")}  # fmt: skip
     assert max(sizes.values()) <= 420, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_make_deps_rewrites_only_the_library_deps_and_keeps_the_rest(tmp_path):
+    from noisytail.dependencies import write_stage_deps
+
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "step.py").write_text("from noisytail.metrics import shot_group\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  step:\n    cmd: python pipelines/step.py\n    deps:\n"
+        "      - data/in.csv  # the input, explained\n      - src/noisytail/gone.py\n"
+    )  # fmt: skip
+    assert write_stage_deps(tmp_path / "dvc.yaml") == ["step"]
+    text = (tmp_path / "dvc.yaml").read_text()
+    assert "- data/in.csv  # the input, explained" in text
+    assert "src/noisytail/metrics.py" in text and "gone.py" not in text
+    assert write_stage_deps(tmp_path / "dvc.yaml") == []  # written once: up to date

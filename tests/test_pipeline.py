@@ -80,14 +80,14 @@ def test_an_image_folder_without_test_split_runs_every_stage_on_a_cleaned_val(tm
     for step in ("full", "hires", "balance"):
         scored = json.loads((root / f"metrics/members/resnet_r2/{step}.json").read_text())
         assert "val" in scored and "test" not in scored
-    report = json.loads((root / "data/clean/round_2/report.json").read_text())
+    report = json.loads((root / "data/clean/round_2/report_full.json").read_text())
     assert report["val"]["judged"] == int((prepared["split"] == "val").sum())
     decisions = pd.read_parquet(root / "data/clean/round_2/val_decisions.parquet")
     tuned = yaml.safe_load((root / "tuned.yaml").read_text())
     assert tuned["val"]["tuned_on"] == int((decisions["action"] == "keep").sum())
     ensemble = json.loads((root / "metrics/ensemble.json").read_text())
-    assert "test" not in ensemble["ensemble"] and "val" in ensemble["ensemble"]
-    assert ("val_cleaned" in ensemble["ensemble"]) == (tuned["val"]["tuned_on"] < len(decisions))
+    assert "test" not in ensemble and "val" in ensemble
+    assert ("val_cleaned" in ensemble) == (tuned["val"]["tuned_on"] < len(decisions))
     assert len(json.dumps(ensemble)) < 1500  # a DVC metric: a handful of numbers
     predictions = pd.read_csv(root / "predictions.csv")
     assert set(predictions["split"]) == {"val"}
@@ -188,8 +188,10 @@ def check_members(root, env):
         assert json.loads((root / f"metrics/members/{name}/balance.json").read_text())[
             "recipe"] == recipe  # fmt: skip
         assert done["config"]["image_size"] == 40
-    report = json.loads((root / "metrics/members.json").read_text())
-    assert report["members"] == 2 and len(pd.read_csv(root / "metrics/members.csv")) == 6
+    summary = json.loads((root / "metrics/members_summary.json").read_text())
+    assert summary["members"] == 2 and len(pd.read_csv(root / "metrics/members.csv")) == 6
+    best = json.loads((root / "metrics/members.json").read_text())  # the DVC metric
+    assert best["test"]["mean_class_error"] == summary["best_member_test_mean_class_error"]
     assert (root / "metrics/members.png").is_file()
 
     from mlflow.tracking import MlflowClient

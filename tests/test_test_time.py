@@ -132,3 +132,26 @@ def test_ensemble_rows_builds_members_subsets_and_the_weighted_ensemble(setup):
     expected = ensemble_top_k([a, b], [0.9, 0.1], k=5, top=3)
     np.testing.assert_array_equal(index, expected[0])
     np.testing.assert_allclose(prob, expected[1])
+
+
+def test_tau_can_bring_in_a_class_the_plain_top_lacked(setup):
+    from noisytail.test_time.cache import moved_into_top
+
+    _, cache, _ = setup
+    assert moved_into_top(cache, None, top=1) == 0.0  # as trained: nothing moves
+    moved = moved_into_top(cache, 1.0, top=1)  # norms 0.5 / 1 / 3: tau=1 reorders the top
+    assert 0.0 < moved <= 1.0
+    top1_plain = tta_top_k(cache, None, "none", 1)[0][:, 0]
+    top1_tau = tta_top_k(cache, 1.0, "none", 1)[0][:, 0]
+    assert moved == pytest.approx((top1_plain != top1_tau).mean())
+
+
+def test_val_coverage_per_group():
+    from noisytail.metrics import coverage_by_group
+
+    counts = np.array([5000, 300, 300, 10, 10, 10])  # many, medium x2, few x3
+    labels = np.array([0, 0, 1, 3, 3])  # no val for classes 2, 4, 5
+    assert coverage_by_group(labels, counts) == {
+        "many": {"images": 2, "classes": 1, "of_classes": 1},
+        "medium": {"images": 1, "classes": 1, "of_classes": 2},
+        "few": {"images": 2, "classes": 1, "of_classes": 3}}  # fmt: skip

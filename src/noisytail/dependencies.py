@@ -159,9 +159,10 @@ def write_stage_deps(dvc_yaml: Path) -> list[str]:
         if current == wanted:
             continue
         changed.append(name)
-        keep = [d for d in deps if not str(d).startswith(f"src/{NAME}")]
-        deps.clear()
-        deps.extend([*keep, *wanted])
+        for index in reversed(range(len(deps))):  # the other deps stay, comments and all
+            if str(deps[index]).startswith(f"src/{NAME}"):
+                del deps[index]
+        deps.extend(wanted)
     if changed:
         with dvc_yaml.open("w") as out:
             parser.dump(document, out)

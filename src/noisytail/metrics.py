@@ -49,3 +49,14 @@ def shot_group(clean_count: int, many: int = 1000, few: int = 200) -> str:
 def shot_groups(counts: np.ndarray, many: int = 1000, few: int = 200) -> np.ndarray:
     """``shot_group`` of each count, as one array (no Python loop over classes)."""
     return np.where(counts >= many, "many", np.where(counts < few, "few", "medium"))
+
+
+def coverage_by_group(labels: np.ndarray, train_counts: np.ndarray) -> dict[str, dict[str, int]]:
+    """Per many / medium / few group (by training count): the evaluation images and classes it
+    has (tuning on a split without the tail would tune for the head only)."""
+    groups = shot_groups(np.asarray(train_counts))
+    images = np.bincount(labels, minlength=len(groups))
+    return {group: {"images": int(images[groups == group].sum()),
+                    "classes": int((images[groups == group] > 0).sum()),
+                    "of_classes": int((groups == group).sum())}
+            for group in ("many", "medium", "few") if (groups == group).any()}  # fmt: skip

@@ -61,30 +61,35 @@ def detection_report(
                                           count(label[clean & dropped]))  # fmt: skip
     kept_as = new_label[kept].astype(np.int64)
     kept_here, kept_wrong = count(kept_as), count(kept_as[kept_as != true_label[kept]])
-    per_class = [{"class": name,
-                  "clean_kept_share": _share(clean_kept[c], clean_here[c]),
-                  "residual_noise": _share(kept_wrong[c], kept_here[c]),
-                  "clean_lost": int(clean_lost[c])} for c, name in enumerate(classes)]  # fmt: skip
-    report["per_class"] = per_class
-    report["min_class_clean_kept_share"] = float(
-        np.nanmin([r["clean_kept_share"] for r in per_class])
-    )
+    per_class = pd.DataFrame({"class": list(classes),
+                              "clean_kept_share": shares(clean_kept, clean_here),
+                              "residual_noise": shares(kept_wrong, kept_here),
+                              "clean_lost": clean_lost})  # fmt: skip
+    report["per_class"] = per_class  # a table: a row per class, whatever their number
+    report["min_class_clean_kept_share"] = float(np.nanmin(per_class["clean_kept_share"]))
     return report
+
+
+def shares(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` element by element, NaN where the denominator is 0."""
+    out = np.full(len(numerator), np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
 
 
 def clean_retention(kept: pd.DataFrame, original: pd.DataFrame, classes: tuple[str, ...]) -> dict:
     """Benchmarks only: of the samples that were clean before the first round, the share still
-    kept with their (correct) label, overall and per class. Both tables need ``true_label``;
+    kept with their (correct) label, overall and per class (an array by class index; NaN for a
+    class with no clean sample). Both tables need ``true_label``;
     ``kept`` needs ``original_label`` (written by ``apply_decisions``)."""
     was_clean = original["label"] == original["true_label"]
     still = kept[
         (kept["original_label"] == kept["true_label"]) & (kept["label"] == kept["true_label"])
     ]
-    before = original.loc[was_clean, "label"].value_counts()
-    after = still["label"].value_counts()
-    per_class = {name: _share(after.get(c, 0), before.get(c, 0)) for c, name in enumerate(classes)}
+    before = np.bincount(original.loc[was_clean, "label"], minlength=len(classes))
+    per_class = shares(np.bincount(still["label"], minlength=len(classes)), before)
     return {"clean_kept_share": _share(len(still), int(was_clean.sum())),
-            "min_class_clean_kept_share": float(np.nanmin(list(per_class.values()))),
+            "min_class_clean_kept_share": float(np.nanmin(per_class)),
             "per_class": per_class}  # fmt: skip
 
 

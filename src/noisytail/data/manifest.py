@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from noisytail.errors import NoisytailError
@@ -104,12 +105,13 @@ def validation_problems(
     for split in required_splits:
         if not (table["split"] == split).any():
             problems.append(f"split {split!r} is empty")
-    train_labels = set(
-        pd.to_numeric(table.loc[table["split"] == "train", "label"], errors="coerce")
-    )
-    empty = [f"{i} ({name})" for i, name in enumerate(classes) if i not in train_labels]
-    if empty and (table["split"] == "train").any():
-        problems.append(f"class(es) with zero training samples: {', '.join(empty[:MAX_LISTED])}")
+    train_labels = pd.to_numeric(table.loc[table["split"] == "train", "label"], errors="coerce")
+    known = train_labels[(train_labels >= 0) & (train_labels < len(classes))].astype(np.int64)
+    empty = np.flatnonzero(np.bincount(known, minlength=len(classes)) == 0)  # one count a class
+    if len(empty) and (table["split"] == "train").any():
+        named = ", ".join(f"{i} ({classes[i]})" for i in empty[:MAX_LISTED])
+        more = f" and {len(empty) - MAX_LISTED} more" if len(empty) > MAX_LISTED else ""
+        problems.append(f"class(es) with zero training samples: {named}{more}")
     return problems
 
 

@@ -127,11 +127,17 @@ def render(labels: np.ndarray, looks: dict[str, np.ndarray], size: int,
 
 def noisy_labels(true: np.ndarray, counts: np.ndarray, config: SkuConfig,
                  rng: np.random.Generator) -> np.ndarray:  # fmt: skip
-    """Flip a share ``eta`` of the labels: with probability ``sibling_noise`` to another sibling
-    of the family (where it has one), else to a class drawn in proportion to its size (the head
-    soaks up the rest of the noise, as on the web); never to the true class."""
+    """Flip a share ``eta`` of the labels (each class's first image excepted): with probability
+    ``sibling_noise`` to another sibling of the family (where it has one), else to a class drawn
+    in proportion to its size (the head soaks up the rest of the noise, as on the web); never to
+    the true class."""
     label = true.copy()
-    flip = np.flatnonzero(rng.random(len(true)) < config.eta)
+    flip = rng.random(len(true)) < config.eta
+    # each class keeps one image under its own label (its first): a class of one image whose
+    # label flipped would have no training sample at all
+    _, first_of_class = np.unique(true, return_index=True)
+    flip[first_of_class] = False
+    flip = np.flatnonzero(flip)
     family_size = np.minimum(config.family_size,
                              config.classes - (true[flip] // config.family_size)
                              * config.family_size)  # fmt: skip

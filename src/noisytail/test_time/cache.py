@@ -77,3 +77,14 @@ def cleaned_val(decisions_file: str | Path, sample_ids: np.ndarray) -> np.ndarra
     decided = pd.read_parquet(decisions_file, columns=["sample_id", "action"])
     action = pd.Series(np.asarray(sample_ids)).map(decided.set_index("sample_id")["action"])
     return (action.fillna("keep") == "keep").to_numpy()
+
+
+def moved_into_top(cache: dict[str, np.ndarray], tau: float | None, top: int = 10) -> float:
+    """The share of samples whose top-``top`` at ``tau`` holds a class the classifier as trained
+    did not rank in its own top-``top`` (what a top-K cache of only ``top`` could not give)."""
+    if tau is None:
+        return 0.0
+    plain, _ = tta_top_k(cache, None, "none", top)
+    tuned, _ = tta_top_k(cache, tau, "none", top)
+    outside = ~(tuned[:, :, None] == plain[:, None, :]).any(axis=2) & (tuned >= 0)
+    return float(outside.any(axis=1).mean()) if len(tuned) else 0.0
