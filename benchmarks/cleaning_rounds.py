@@ -258,7 +258,7 @@ def main() -> None:
                    minutes=round(f["seconds"] / 60, 1))  # fmt: skip
         if name != "default" and "final_val_pred" in f:
             comparison = compare_on_val(f["final_val_pred"], default["final_val_pred"], target,
-                                        num_classes)  # fmt: skip
+                                        num_classes, base["tuning"]["keep_z"])  # fmt: skip
             verdicts[name] = {"difference": round(comparison.difference, 3),
                               "standard_error": round(comparison.standard_error, 3),
                               "wins": comparison.candidate_wins}  # fmt: skip

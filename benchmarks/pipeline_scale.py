@@ -141,6 +141,11 @@ def by_kind(rows: list[dict]) -> dict[str, dict]:
     return kinds
 
 
+def seconds(kinds: dict, kind: str, *sizes: str) -> bool:
+    """Whether the stage kind ran, and took measurable time, at each of ``sizes``."""
+    return all(kind in kinds[s] and kinds[s][kind]["seconds"] > 0 for s in sizes)
+
+
 def extremes(sizes: dict, fixed: int) -> list[tuple[str, str]]:
     """Per value of one coordinate of "NxC" (``fixed``: 0 for N, 1 for C), the smallest and the
     largest size along the other, where there are two or more."""
@@ -192,12 +197,12 @@ def main() -> None:
         summary["exponent_in_n"][f"{small}->{large}"] = {
             k: round(math.log(kinds[large][k]["seconds"] / kinds[small][k]["seconds"])
                      / math.log(ratio), 2)
-            for k in kinds[small] if kinds[small][k]["seconds"] > 0
+            for k in kinds[small] if seconds(kinds, k, small, large)
         }  # fmt: skip
     for few, many in extremes(kinds, fixed=0):  # the cost of classes at a fixed N
         summary["class_factor"][f"{few}->{many}"] = {
             k: round(kinds[many][k]["seconds"] / kinds[few][k]["seconds"], 2)
-            for k in kinds[few] if kinds[few][k]["seconds"] > 0
+            for k in kinds[few] if seconds(kinds, k, few, many)
         }  # fmt: skip
     table = [{"size": size, "stage": k, **{m: round(v[m], 2) for m in v}}
              for size, per_kind in kinds.items() for k, v in per_kind.items()]  # fmt: skip

@@ -71,7 +71,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # report.json is a DVC metric: a handful of numbers, whatever the number of classes; the
-    # per-class detail goes to per_class.csv (a DVC plot)
+    # per-class detail goes to per_class.csv (a table)
     per_class = decision_counts(decided, manifest.classes).reset_index(names="class")
     report = {"kept": int(len(kept)), "dropped": int((decided["action"] == "drop").sum()),
               "relabelled": int((decided["action"] == "relabel").sum())}  # fmt: skip
@@ -89,7 +89,8 @@ def main() -> None:
         }
     val_file = Path(args.predictions).with_name("val.parquet")  # a val cut from the given labels
     val_predictions = read_predictions(val_file, embedding=False) if val_file.is_file() else None
-    val_decided = judge_val(original.split("val"), val_predictions, original.num_classes, config)
+    val_decided = judge_val(original.split("val"), val_predictions, original.num_classes, config,
+                           decided)  # fmt: skip
     report["val"] = {"judged": int(val_decided["judged"].sum()),
                      "dropped": int((val_decided["action"] != "keep").sum())}  # fmt: skip
     if "true_label" in val_decided and val_decided["judged"].any():

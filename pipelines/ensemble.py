@@ -79,8 +79,9 @@ def main() -> None:
     shown = "test" if "test" in splits else "val"  # the split predictions.csv and the plot show
     index, prob = lists[shown]
     table = pd.DataFrame({"sample_id": first["sample_id"][splits[shown]], "split": shown})
+    names = np.array([*manifest.classes, ""], dtype=object)  # index -1 (no class): ""
     for rank in range(5):
-        table[f"class_{rank + 1}"] = [manifest.classes[c] if c >= 0 else "" for c in index[:, rank]]
+        table[f"class_{rank + 1}"] = names[index[:, rank]]
         table[f"prob_{rank + 1}"] = np.round(prob[:, rank], 5)
     table.to_csv(args.predictions, index=False)
     chosen_on = "val_cleaned" if "val_cleaned" in splits else "val"  # where tuning chose
@@ -93,7 +94,7 @@ def main() -> None:
         f"{best} as trained": per_class[shown, f"{best}/as_trained"],
         f"{best} + tau + TTA": per_class[shown, f"{best}/tau+tta"],
         "ensemble": per_class[shown, "ensemble"],
-    })  # fmt: skip
+    }, split=shown)  # fmt: skip
     for row, scored in report.items():
         print(f"{row:<32} " + "  ".join(f"{split} {m['mean_class_error']:6.2f}"
                                         for split, m in scored.items()))  # fmt: skip

@@ -38,7 +38,7 @@ def main() -> None:
 
     write_manifest(manifest, out / "manifest.parquet")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))  # a DVC metric: a handful
-    per_class.to_csv(out / "class_counts.csv", index=False)  # the per-class detail: a DVC plot
+    per_class.to_csv(out / "class_counts.csv", index=False)  # the per-class detail: a table
     series = {"given label": per_class["given"].to_numpy()}
     if "clean" in per_class:
         series = {"clean (true label)": per_class["clean"].to_numpy(), **series}

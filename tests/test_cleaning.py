@@ -228,3 +228,36 @@ def test_a_round_entry_overrides_the_cleaning_settings():
     section["rounds"][1]["treshold"] = 0.4
     with pytest.raises(ConfigError, match=r"round 2: unknown parameter\(s\) \['treshold'\]"):
         round_config(section, 2)
+
+
+def test_val_is_judged_by_the_training_statistics_without_a_floor():
+    """A val class of one image and one of four: the wrong-looking ones are dropped (judged
+    on its own, a one-image class scores its own mean, 1.0, and the floor of 5 kept them)."""
+    from noisytail.cleaning.rules import judge_val
+
+    config = CleaningConfig(
+        rule="label_prob", threshold=0.5, per_class=True, prior_correction=0.0, min_per_class=5
+    )
+    training = pd.DataFrame({"label": [0, 0, 1, 1, 2, 2], "label_score": [0.9] * 6})
+    val_rows = predictions([
+        (0, {1: 0.9, 0: 0.1}),  # class 0's only val image, predicted 1 with 0.9: wrong
+        (1, {1: 0.9, 0: 0.1}),
+        (1, {1: 0.8, 2: 0.2}),
+        (1, {1: 0.7, 2: 0.3}),
+        (1, {2: 0.95, 1: 0.05}),  # wrong
+    ])  # fmt: skip
+    val = val_rows[["sample_id", "label"]]
+    decided = judge_val(val, val_rows, 3, config, training)
+    assert decided["judged"].all()
+    assert decided.loc[decided["action"] == "drop", "sample_id"].tolist() == ["s0", "s4"]
+    kept_whole = judge_val(val, None, 3, config, training)  # a val split of the data's own
+    assert not kept_whole["judged"].any() and (kept_whole["action"] == "keep").all()
+
+
+def test_detection_counts_only_the_verified_samples():
+    """true_label -1 (not verified) is neither noisy nor clean: the report reads the rest."""
+    decided = pd.DataFrame({"label": [0, 0, 1, 1], "new_label": [0, 0, 1, 1],
+                            "action": ["keep", "drop", "keep", "drop"]})  # fmt: skip
+    report = detection_report(decided, np.array([0, 1, -1, -1]), ("a", "b"))
+    assert report["samples"] == 2 and report["noise_rate_before"] == 0.5
+    assert report["precision"] == 1.0 and report["recall"] == 1.0

@@ -1,9 +1,12 @@
 """Every profile runs: each has every parameter dvc.yaml tracks, and passes the params check."""
 
+import re
+
 import pytest
 import yaml
 from conftest import REPO
 
+from noisytail.config import ConfigError
 from noisytail.config.params import check_params
 
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
@@ -62,3 +65,17 @@ def test_the_typed_defaults_are_params_yaml():
         ("test_time", TTAConfig, params["test_time"]), ("tuning", TuningConfig, params["tuning"]),
     ):  # fmt: skip
         assert cls() == from_mapping(cls, given, section), f"{cls.__name__} defaults != {section}:"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "named"),
+    [
+        ("data", "val_min_class", 1, "data.val_min_class"),
+        ("test_time", "scales", [1.5, 1.0], "test_time.scales must start with 1.0"),
+    ],
+)
+def test_a_bad_value_is_named_before_any_work(section, key, value, named):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params[section][key] = value
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        check_params(params)

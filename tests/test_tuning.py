@@ -79,10 +79,11 @@ def test_weights_find_the_informative_member(tmp_path):
 
 
 def test_a_tuned_value_within_the_noise_is_not_kept(tmp_path):
-    """Equal class norms: tau changes nothing that matters, so whatever tau the study likes
-    best cannot beat the classifier as trained by more than the noise, and is not used."""
+    """Nearly equal class norms: tau moves a few predictions, and whatever tau the study likes
+    best does not beat the classifier as trained by more than the noise, so it is not used."""
     config = TuningConfig(storage=f"sqlite:///{tmp_path / 'o.db'}", tau_trials=10)
-    choice = tune_tau("tau", cache(norm=(1.0, 1.0, 1.0, 1.0)), 4, config)
+    choice = tune_tau("tau", cache(norm=(1.0, 1.0, 1.2, 1.2)), 4, config)
+    assert choice.tuned is not None and choice.comparison.difference < 0  # the study found a tau
     assert not choice.comparison.candidate_wins and choice.value is None
     assert choice.record()["kept"] is False and choice.record()["plain"] is None
 
@@ -102,3 +103,20 @@ def test_the_paired_comparison_on_val():
     one[np.flatnonzero(good != target)[0]] = target[np.flatnonzero(good != target)[0]]
     tiny = compare_on_val(one, good, target, 10)  # one sample mended: 0.1 points, within noise
     assert tiny.difference == pytest.approx(-0.1) and not tiny.candidate_wins
+
+
+def test_one_image_classes_count_as_uncertain_not_as_certain():
+    """Head classes that agree and a tail of one-image classes with 6 wins and 3 losses: the
+    net gain (0.3 points) is within the noise of nine coin flips, not a certain win."""
+    from noisytail.test_time.selection import compare_on_val
+
+    head, tail = 10, 1000
+    target = np.concatenate([np.repeat(np.arange(head), 100), np.arange(head, head + tail)])
+    incumbent = target.copy()
+    incumbent[head * 100 : head * 100 + 6] = 0  # six tail images wrong, mended by the candidate
+    candidate = target.copy()
+    candidate[head * 100 + 6 : head * 100 + 9] = 0  # three others the candidate gets wrong
+    result = compare_on_val(candidate, incumbent, target, head + tail)
+    assert result.difference == pytest.approx(-300 / (head + tail))
+    assert result.standard_error == pytest.approx(300 / (head + tail))
+    assert not result.candidate_wins

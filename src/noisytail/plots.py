@@ -98,11 +98,13 @@ def accuracy_by_frequency(
     train_counts: Sequence[int],
     accuracy: dict[str, Sequence[float]],
     max_points: int = 60,
+    split: str = "test",
 ) -> Path:
-    """Per-class test accuracy against the class's training images (log scale), one series per
-    model: where the tail loses, and what each step wins back. With more than ``max_points``
-    classes, the mean accuracy of each frequency bin (powers of two) instead of a point a
-    class, so the figure reads the same at 10 or 50,030 classes; class names only up to 20."""
+    """Per-class accuracy on ``split`` against the class's training images (log scale), one
+    series per model: where the tail loses, and what each step wins back. With more than
+    ``max_points`` classes, the mean accuracy of each frequency bin (powers of two) instead of a
+    point a class, so the figure reads the same at 10 or 50,030 classes; class names only up to
+    20."""
     counts = np.asarray(train_counts)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     binned = len(counts) > max_points
@@ -117,7 +119,8 @@ def accuracy_by_frequency(
             known = ~np.isnan(values)
             sums = np.bincount(bins[known], values[known], minlength=edges.max() + 1)[edges]
             seen = np.bincount(bins[known], minlength=edges.max() + 1)[edges]
-            ax.plot(x, sums / np.maximum(seen, 1), marker=marker, label=name, alpha=0.8)
+            mean = np.divide(sums, seen, out=np.full(len(x), np.nan), where=seen > 0)
+            ax.plot(x, mean, marker=marker, label=name, alpha=0.8)  # a bin unseen: a gap
         else:
             order = np.argsort(-counts)
             ax.plot(counts[order], values[order], marker=marker, label=name, alpha=0.8)
@@ -133,7 +136,7 @@ def accuracy_by_frequency(
                             va="bottom", xytext=(0, 2), textcoords="offset points")  # fmt: skip
         ax.set_xlabel("training images of the class")
     ax.set_xscale("log")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{split} accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend()
     return save_figure(fig, path)

@@ -191,8 +191,10 @@ class GroupedChildRuns:
 
     def log(self, group: str, name: str, params: Mapping[str, Any],
             metrics: Mapping[str, float]) -> None:  # fmt: skip
-        import mlflow
-
+        try:
+            import mlflow
+        except ImportError:  # tracking off on an image without MLflow
+            return
         if mlflow.active_run() is None:
             return
         if group != self.group:
@@ -202,8 +204,8 @@ class GroupedChildRuns:
         log_child_run(name, params, metrics)
 
     def close(self) -> None:
-        import mlflow
-
         if self.group is not None:
+            import mlflow
+
             mlflow.end_run()
             self.group = None

@@ -30,7 +30,13 @@ def detection_report(
     - precision / recall / F1 of the dropped set against the noise mask (label != true label);
     - residual noise of what is kept (after relabelling);
     - clean samples lost, and the share of clean samples kept.
+
+    Only the verified samples count (``true_label`` -1: not verified, as a user's partly
+    verified data has them).
     """
+    true_label = np.asarray(true_label)
+    verified = true_label >= 0
+    decided, true_label = decided[verified], true_label[verified]
     label, new_label = decided["label"].to_numpy(), decided["new_label"].to_numpy()
     noisy = label != true_label
     dropped = decided["action"].to_numpy() == "drop"
@@ -96,7 +102,7 @@ def clean_retention(kept: pd.DataFrame, original: pd.DataFrame, classes: tuple[s
 def val_detection(decided: pd.DataFrame) -> dict:
     """Benchmarks only: of the val samples a round judged, how many mislabelled and clean ones
     it dropped (``decided`` from ``rules.judge_val``, with ``true_label``)."""
-    judged = decided[decided["judged"].to_numpy()]
+    judged = decided[decided["judged"].to_numpy() & (decided["true_label"].to_numpy() >= 0)]
     noisy = (judged["label"] != judged["true_label"]).to_numpy()
     dropped = (judged["action"] != "keep").to_numpy()
     return {"judged": len(judged), "noisy": int(noisy.sum()),

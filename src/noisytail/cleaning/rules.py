@@ -21,8 +21,6 @@ Two more choices decide how well rounds work on long-tailed data (benchmarks/cle
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 
@@ -41,17 +39,22 @@ def judged_samples(config: CleaningConfig, round_input: Manifest, original: Mani
 
 
 def scores(
-    predictions: pd.DataFrame, num_classes: int, prior_correction: float = 0.0
+    predictions: pd.DataFrame,
+    num_classes: int,
+    prior_correction: float = 0.0,
+    prior: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per sample: ``pred``, ``confidence`` (its probability) and ``label_score`` (the given
-    label's probability), optionally prior-corrected over the stored top-k plus the given label.
+    label's probability), optionally prior-corrected over the stored top-k plus the given label
+    (by ``prior``, default the class shares of the predictions' own labels).
     """
     index = np.stack(predictions["topk_index"].to_numpy()).astype(np.int64)
     prob = np.stack(predictions["topk_prob"].to_numpy()).astype(np.float64)
     label = predictions["label"].to_numpy()
     label_prob = predictions["label_prob"].to_numpy().astype(np.float64)
     if prior_correction:
-        prior = np.bincount(label, minlength=num_classes) / len(label)
+        if prior is None:
+            prior = np.bincount(label, minlength=num_classes) / len(label)
         weight = np.maximum(prior, 1e-12) ** -prior_correction
         prob = prob * weight[index]
         label_prob = label_prob * weight[label]
@@ -68,15 +71,26 @@ def scores(
     })  # fmt: skip
 
 
-def decide(scored: pd.DataFrame, config: CleaningConfig) -> pd.DataFrame:
-    """Add ``action`` (keep / drop / relabel) and ``new_label`` to the scored samples."""
+def decide(
+    scored: pd.DataFrame,
+    config: CleaningConfig,
+    class_means: np.ndarray | None = None,
+    floor: int | None = None,
+) -> pd.DataFrame:
+    """Add ``action`` (keep / drop / relabel) and ``new_label`` to the scored samples.
+
+    ``class_means`` (per class, the mean ``label_score``) and ``floor`` (default
+    ``min_per_class``) let another set be judged by the training samples' statistics."""
     if config.rule not in RULES:
         raise ValueError(f"cleaning.rule must be one of {RULES}, got {config.rule!r}")
     out = scored.copy()
     disagree = (out["pred"] != out["label"]).to_numpy()
     score = out["label_score"].to_numpy()
     if config.per_class:  # relative to the class's own mean (Confident Learning's threshold)
-        score = score / out.groupby("label")["label_score"].transform("mean").to_numpy()
+        if class_means is None:
+            score = score / out.groupby("label")["label_score"].transform("mean").to_numpy()
+        else:
+            score = score / np.maximum(class_means[out["label"].to_numpy()], 1e-12)
     if config.rule == "top1":
         suspect = disagree & (out["confidence"].to_numpy() < config.threshold)
     elif config.rule == "label_prob":
@@ -89,7 +103,7 @@ def decide(scored: pd.DataFrame, config: CleaningConfig) -> pd.DataFrame:
     action = np.where(relabel, "relabel", np.where(suspect, "drop", "keep"))
     new_label = np.where(relabel, out["pred"], out["label"])
     out["action"], out["new_label"] = action, new_label
-    return apply_class_floor(out, config.min_per_class, score)
+    return apply_class_floor(out, config.min_per_class if floor is None else floor, score)
 
 
 def judge_predictions(
@@ -129,18 +143,31 @@ def apply_class_floor(decided: pd.DataFrame, floor: int, score: np.ndarray) -> p
 
 
 def judge_val(
-    val: pd.DataFrame, predictions: pd.DataFrame | None, num_classes: int, config: CleaningConfig
+    val: pd.DataFrame,
+    predictions: pd.DataFrame | None,
+    num_classes: int,
+    config: CleaningConfig,
+    training: pd.DataFrame,
 ) -> pd.DataFrame:
     """Per val sample: whether it was judged and the action. Val samples cut from the given
     labels (``predictions`` of them: the round's model, which never trained on them) are judged
-    as the rule judges training samples, on the softmax alone; the tuning stage tunes on the
-    ones kept. A val split of the data's own (``predictions`` None) is kept whole."""
+    by the rule on the softmax alone, with the training round's statistics (``training``: its
+    scored samples): the training prior for the prior correction, each class's mean training
+    score for ``per_class``, and no class floor (val's few images per class would otherwise
+    always be kept). The tuning stage tunes on the ones kept. A val split of the data's own
+    (``predictions`` None) is kept whole."""
     decided = val[["sample_id", "label"]].assign(judged=False, action="keep")
     if "true_label" in val:
         decided["true_label"] = val["true_label"].to_numpy()
     if predictions is None:
         return decided
-    _, verdict = judge_predictions(predictions, num_classes, replace(config, neighbour_weight=0.0))
+    label = training["label"].to_numpy()
+    counts = np.bincount(label, minlength=num_classes).astype(np.float64)
+    prior = counts / max(len(label), 1)
+    sums = np.bincount(label, training["label_score"].to_numpy(), minlength=num_classes)
+    class_means = np.divide(sums, counts, out=np.ones(num_classes), where=counts > 0)
+    scored = scores(predictions, num_classes, config.prior_correction, prior=prior)
+    verdict = decide(scored, config, class_means=class_means, floor=0)
     action = decided["sample_id"].map(verdict.set_index("sample_id")["action"])
     judged = action.notna().to_numpy()
     decided.loc[judged, "judged"] = True

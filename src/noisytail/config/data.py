@@ -35,6 +35,8 @@ class DataConfig:
         check_choice("data.on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)
         check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
         check_range("data.val_per_class", self.val_per_class, 0)
+        # a class of fewer than 2 would give its only image to val and have none to train on
+        check_range("data.val_min_class", self.val_min_class, 2)
         if self.source not in ("fmnist_lt_n", "sku_lt_n") and not self.path:
             raise ConfigError(
                 f"data.path: the {self.source!r} source needs the path of your "

@@ -18,6 +18,8 @@ class TTAConfig:
     def __post_init__(self) -> None:
         if not self.scales:
             raise ConfigError("test_time.scales: at least one scale (1.0: the evaluation view)")
+        if self.scales[0] != 1.0:  # the classifier as trained, the incumbent of every study
+            raise ConfigError(f"test_time.scales must start with 1.0, got {list(self.scales)}")
         for scale in self.scales:
             check_range("test_time.scales", scale, 1.0)
         check_range("test_time.top_k", self.top_k, 1)

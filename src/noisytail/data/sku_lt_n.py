@@ -9,7 +9,8 @@ depends on the chunk alone (the same files whatever the number of workers).
 
 An image: a background colour and an object (a rectangle, an ellipse or a diamond) of another
 colour, both the family's; on the object a 3 x 3 grid of colour patches, seven of them the
-family's and two the sibling's (so siblings differ in two patches only). Each image moves, scales
+family's and two the sibling's index in base 6 (with families of up to 6, the default 5, the
+second is 0: siblings differ in one patch only). Each image moves, scales
 and lights its object at random and adds pixel noise: the class is learnable from the pixels,
 by position-invariant features, and siblings are easily confused.
 """

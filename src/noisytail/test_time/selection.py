@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Z_DEFAULT = 2.0  # about 2.3% of equally good candidates would pass by chance (one-sided)
+Z_DEFAULT = 2.0  # one comparison: about 2.3% of equally good candidates pass by chance
+# (one-sided); the best of many trials, picked on the same val, passes more often: a floor
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,11 @@ def compare_on_val(
     squares = np.bincount(target, d * d, minlength=num_classes)
     mean = np.divide(sums, n, out=np.zeros_like(sums), where=present)
     difference = 100.0 * mean[present].mean()
-    # within-class variance of the differences; a class with one sample takes the pooled one
+    # within-class variance of the differences; a class with one sample has none to estimate
+    # it from and takes its own squared difference (conservative: a win or a loss there counts
+    # as fully uncertain), never a variance pooled from other classes, which is 0 when the
+    # candidate changes only tail predictions
     spread = squares - n * mean**2
-    many = n > 1
-    pooled = spread[many].sum() / max((n[many] - 1).sum(), 1) if many.any() else d.var()
-    variance = np.where(many, spread / np.maximum(n - 1, 1), pooled)
+    variance = np.where(n > 1, spread / np.maximum(n - 1, 1), squares)
     standard_error = 100.0 / classes * float(np.sqrt((variance[present] / n[present]).sum()))
     return Comparison(float(difference), standard_error, z)

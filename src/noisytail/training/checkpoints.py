@@ -58,7 +58,8 @@ def claim_run_dir(out_dir: Path, identity: dict) -> None:
             print(f"{out_dir}: {why} changed since the last run; starting afresh")
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
             stale = ["done.json", "model.safetensors", "model.json", "mlflow_run_id",
-                     "member_run_id", "model_best.safetensors", "model_best.json"]  # fmt: skip
+                     "member_run_id", "model_best.safetensors", "model_best.json",
+                     "registered.json"]  # fmt: skip
             for path in [*(out_dir / n for n in stale), *out_dir.glob("model_epoch_*")]:
                 path.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
