@@ -155,3 +155,17 @@ def test_val_coverage_per_group():
         "many": {"images": 2, "classes": 1, "of_classes": 1},
         "medium": {"images": 1, "classes": 1, "of_classes": 2},
         "few": {"images": 2, "classes": 1, "of_classes": 3}}  # fmt: skip
+
+
+def test_the_trained_top1_stays_in_the_cached_list():
+    """A bias that lifts a class outside the bias-free top-2: it takes the last place, and the
+    list is unchanged where the trained top-1 is already in it."""
+    import torch
+
+    from noisytail.test_time.views import keep_trained_top1
+
+    raw = torch.tensor([[[3.0, 2.0, 1.0, 0.0]], [[0.0, 1.0, 2.0, 3.0]]])  # 2 samples x 1 view
+    bias = torch.tensor([0.0, 0.0, 0.0, 5.0])
+    value, index = keep_trained_top1(raw.clone(), bias, 2)
+    assert index.tolist() == [[[0, 3]], [[3, 2]]]  # sample 0: class 3 (3 + 5 = 8) brought in
+    assert value.tolist() == [[[3.0, 0.0]], [[3.0, 2.0]]]  # its bias-free logit

@@ -6,7 +6,8 @@ also flipped: ten views. Per view the top-K *bias-free* logits are kept (``test_
 tau is a rescaling of them), so the studies choose tau and the TTA mode (``none``, ``flip``,
 ``ten_crop``: subsets of the ten) without another forward pass. The cache is exact when K covers
 the classes; otherwise a class outside the cached top-K is taken as improbable, which is why K
-defaults to twice the ensemble's 10.
+defaults to twice the ensemble's 10, and the classifier-as-trained's top-1 (bias added) is kept
+in the list even where the bias-free top-K misses it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ def view_logits(model: NoisyTailNet, images: torch.Tensor, crop: int) -> torch.T
     return raw.float().view(len(images), 10, -1)
 
 
+def keep_trained_top1(
+    raw: torch.Tensor, bias: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``top_k`` bias-free logits of each view, with the classifier-as-trained's top-1
+    (bias added) in the list: where the bias lifts a class outside the bias-free top-K, it takes
+    the last place, so the "as trained" incumbent of every study is the real classifier's top-1
+    whatever the number of classes."""
+    value, index = raw.topk(top_k, dim=2)
+    trained = (raw + bias).argmax(dim=2, keepdim=True)
+    missing = ~(index == trained).any(dim=2)
+    index[..., -1] = torch.where(missing, trained[..., 0], index[..., -1])
+    value[..., -1] = torch.where(missing, raw.gather(2, trained)[..., 0], value[..., -1])
+    return value, index
+
+
 @torch.no_grad()
 def predict_views(
     model: NoisyTailNet,
@@ -60,12 +76,15 @@ def predict_views(
     classes; plus the class weight norms. ``dataset`` yields the enlarged images."""
     model = model.to(accelerator.device).eval()
     top_k = min(top_k, model.num_classes)
+    terms = classifier_terms(model)
+    bias = torch.from_numpy(terms["bias"]).to(accelerator.device)
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, num_workers=workers))
     rows, indices, logits = [], [], []
     for images, _, row in progress(loader, desc="ten-crop", unit="batch", leave=False,
                                    enabled=accelerator.is_local_main_process):  # fmt: skip
         with accelerator.autocast():
-            value, index = view_logits(model, images, crop).topk(top_k, dim=2)
+            raw = view_logits(model, images, crop)
+        value, index = keep_trained_top1(raw, bias, top_k)
         gathered = accelerator.gather_for_metrics((row, index, value))
         rows.append(gathered[0].cpu().numpy())
         indices.append(gathered[1].cpu().numpy().astype(np.int32))
@@ -76,5 +95,5 @@ def predict_views(
         "label": dataset.labels.numpy(),
         "index": np.concatenate(indices)[order],
         "logit": np.concatenate(logits)[order],
-        **classifier_terms(model),
+        **terms,
     }
