@@ -79,9 +79,9 @@ def main() -> None:
     shown = "test" if "test" in splits else "val"  # the split predictions.csv and the plot show
     index, prob = lists[shown]
     table = pd.DataFrame({"sample_id": first["sample_id"][splits[shown]], "split": shown})
-    names = np.array([*manifest.classes, ""], dtype=object)  # index -1 (no class): ""
+    class_names = np.array([*manifest.classes, ""], dtype=object)  # index -1 (no class): ""
     for rank in range(5):
-        table[f"class_{rank + 1}"] = names[index[:, rank]]
+        table[f"class_{rank + 1}"] = class_names[index[:, rank]]
         table[f"prob_{rank + 1}"] = np.round(prob[:, rank], 5)
     table.to_csv(args.predictions, index=False)
     chosen_on = "val_cleaned" if "val_cleaned" in splits else "val"  # where tuning chose
