@@ -86,8 +86,9 @@ def stages_in_order(repo: Path) -> list[tuple[str, list[str]]]:
 
     with Repo(str(repo)) as dvc:
         graph = dvc.index.graph  # edges: stage -> a stage it depends on
-        order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.addressing)
-        return [(s.addressing, [o.def_path for o in s.outs]) for s in order]
+        # names, not addressing: addressing is relative to this process's directory
+        order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.name)
+        return [(s.name, [o.def_path for o in s.outs]) for s in order]
 
 
 def scratch(work: Path, size: str, images: int, classes: int, env: dict) -> Path:
@@ -170,7 +171,9 @@ def main() -> None:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
-           "NOISYTAIL_CACHE_DIR": str(work / "decode-cache")}  # fmt: skip
+           "NOISYTAIL_CACHE_DIR": str(work / "decode-cache"),
+           # the stages' `python` is this interpreter (its environment has the stack)
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
     measured = {}
     for size in args.sizes:
         rows = measure(
