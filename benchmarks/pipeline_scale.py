@@ -91,7 +91,7 @@ def stages_in_order(repo: Path) -> list[tuple[str, list[str]]]:
         return [(s.name, [o.def_path for o in s.outs]) for s in order]
 
 
-def scratch(work: Path, size: str, images: int, classes: int, env: dict) -> Path:
+def scratch(work: Path, size: str, images: int, classes: int) -> Path:
     repo = work / size / "repo"
     if not (repo / ".git").is_dir():
         subprocess.run(["git", "clone", "-q", str(REPO), str(repo)], check=True)
@@ -104,7 +104,7 @@ def scratch(work: Path, size: str, images: int, classes: int, env: dict) -> Path
 
 def measure(work: Path, size: str, env: dict) -> list[dict]:
     images, classes = (int(x) for x in size.split("x"))
-    repo = scratch(work, size, images, classes, env)
+    repo = scratch(work, size, images, classes)
     record = work / size / "stages.json"
     rows = json.loads(record.read_text()) if record.is_file() else []
     finished = {r["stage"] for r in rows}
@@ -142,9 +142,9 @@ def by_kind(rows: list[dict]) -> dict[str, dict]:
     return kinds
 
 
-def seconds(kinds: dict, kind: str, *sizes: str) -> bool:
+def timed_at(kinds: dict, stage_kind: str, *sizes: str) -> bool:
     """Whether the stage kind ran, and took measurable time, at each of ``sizes``."""
-    return all(kind in kinds[s] and kinds[s][kind]["seconds"] > 0 for s in sizes)
+    return all(stage_kind in kinds[s] and kinds[s][stage_kind]["seconds"] > 0 for s in sizes)
 
 
 def extremes(sizes: dict, fixed: int) -> list[tuple[str, str]]:
@@ -200,12 +200,12 @@ def main() -> None:
         summary["exponent_in_n"][f"{small}->{large}"] = {
             k: round(math.log(kinds[large][k]["seconds"] / kinds[small][k]["seconds"])
                      / math.log(ratio), 2)
-            for k in kinds[small] if seconds(kinds, k, small, large)
+            for k in kinds[small] if timed_at(kinds, k, small, large)
         }  # fmt: skip
     for few, many in extremes(kinds, fixed=0):  # the cost of classes at a fixed N
         summary["class_factor"][f"{few}->{many}"] = {
             k: round(kinds[many][k]["seconds"] / kinds[few][k]["seconds"], 2)
-            for k in kinds[few] if seconds(kinds, k, few, many)
+            for k in kinds[few] if timed_at(kinds, k, few, many)
         }  # fmt: skip
     table = [{"size": size, "stage": k, **{m: round(v[m], 2) for m in v}}
              for size, per_kind in kinds.items() for k, v in per_kind.items()]  # fmt: skip

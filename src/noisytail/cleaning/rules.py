@@ -38,6 +38,18 @@ def judged_samples(config: CleaningConfig, round_input: Manifest, original: Mani
     return original if config.judge == "all" else round_input
 
 
+def class_prior(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Each class's share of ``label``."""
+    return np.bincount(label, minlength=num_classes) / max(len(label), 1)
+
+
+def class_mean_scores(label: np.ndarray, score: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class, the mean ``score`` of its samples (1 for a class without any)."""
+    counts = np.bincount(label, minlength=num_classes)
+    sums = np.bincount(label, score, minlength=num_classes)
+    return np.divide(sums, counts, out=np.ones(num_classes), where=counts > 0)
+
+
 def scores(
     predictions: pd.DataFrame,
     num_classes: int,
@@ -54,7 +66,7 @@ def scores(
     label_prob = predictions["label_prob"].to_numpy().astype(np.float64)
     if prior_correction:
         if prior is None:
-            prior = np.bincount(label, minlength=num_classes) / len(label)
+            prior = class_prior(label, num_classes)
         weight = np.maximum(prior, 1e-12) ** -prior_correction
         prob = prob * weight[index]
         label_prob = label_prob * weight[label]
@@ -84,13 +96,13 @@ def decide(
     if config.rule not in RULES:
         raise ValueError(f"cleaning.rule must be one of {RULES}, got {config.rule!r}")
     out = scored.copy()
-    disagree = (out["pred"] != out["label"]).to_numpy()
+    label = out["label"].to_numpy()
+    disagree = out["pred"].to_numpy() != label
     score = out["label_score"].to_numpy()
     if config.per_class:  # relative to the class's own mean (Confident Learning's threshold)
         if class_means is None:
-            score = score / out.groupby("label")["label_score"].transform("mean").to_numpy()
-        else:
-            score = score / np.maximum(class_means[out["label"].to_numpy()], 1e-12)
+            class_means = class_mean_scores(label, score, int(label.max(initial=-1)) + 1)
+        score = score / np.maximum(class_means[label], 1e-12)
     if config.rule == "top1":
         suspect = disagree & (out["confidence"].to_numpy() < config.threshold)
     elif config.rule == "label_prob":
@@ -162,12 +174,10 @@ def judge_val(
     if predictions is None:
         return decided
     label = training["label"].to_numpy()
-    counts = np.bincount(label, minlength=num_classes).astype(np.float64)
-    prior = counts / max(len(label), 1)
-    sums = np.bincount(label, training["label_score"].to_numpy(), minlength=num_classes)
-    class_means = np.divide(sums, counts, out=np.ones(num_classes), where=counts > 0)
+    prior = class_prior(label, num_classes)
+    means = class_mean_scores(label, training["label_score"].to_numpy(), num_classes)
     scored = scores(predictions, num_classes, config.prior_correction, prior=prior)
-    verdict = decide(scored, config, class_means=class_means, floor=0)
+    verdict = decide(scored, config, class_means=means, floor=0)
     action = decided["sample_id"].map(verdict.set_index("sample_id")["action"])
     judged = action.notna().to_numpy()
     decided.loc[judged, "judged"] = True
