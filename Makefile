@@ -51,9 +51,9 @@ run: setup data ## set up, then `dvc repro` on params.yaml (PROFILE=aliproducts:
 	fi
 	dvc repro
 
-ensemble: setup data ## test time through DVC: views -> Optuna -> ensemble -> registry (champion)
-	dvc repro register
-	@echo "metrics/ensemble.json, predictions.csv, metrics/ensemble_per_class.png; serve it with:"
+ensemble: setup data ## test time through DVC: views -> Optuna -> ensemble -> registry -> served check
+	dvc repro serve_check
+	@echo "metrics/ensemble.json, predictions.csv, metrics/ensemble_per_class.png, metrics/serving.json; serve it with:"
 	@echo "  mlflow models serve -m models:/noisytail-ensemble@champion -h 127.0.0.1 -p 5001 --env-manager local"
 
 studies: setup ## list the Optuna studies (tau, TTA, ensemble weights) and their best values

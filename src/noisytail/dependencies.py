@@ -94,6 +94,21 @@ def import_closure(paths: Iterable[Path]) -> list[Path]:
     return sorted(seen)
 
 
+def third_party_modules(paths: Iterable[Path]) -> set[str]:
+    """Top-level names of the modules outside the package and the standard library that
+    ``paths`` and the package files they import import (inside functions too: they may run)."""
+    paths = [Path(p).resolve() for p in paths]
+    names: set[str] = set()
+    for file in {*paths, *import_closure(paths)}:
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n != NAME and n not in sys.stdlib_module_names
+            and n != "__future__"}  # fmt: skip
+
+
 def compressed(files: Iterable[Path]) -> list[str]:
     """Package-relative paths, a folder named once (its highest whole one) when every ``.py``
     file below it is listed."""

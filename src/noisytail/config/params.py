@@ -19,12 +19,13 @@ from noisytail.config.cleaning import round_config
 from noisytail.config.data import AugmentConfig, BenchmarkConfig, DataConfig
 from noisytail.config.members import check_members, member_plan
 from noisytail.config.model import PRESETS, ModelConfig
+from noisytail.config.serving import ServingLimits
 from noisytail.config.test_time import TTAConfig, TuningConfig
 from noisytail.config.training import TrainConfig
 
 SECTIONS = ("seed", "launcher", "data", "benchmark", "augment", "model", "train", "hires", "crt",
             "balanced_subset", "tracking", "cleaning", "gallery", "members", "test_time",
-            "tuning")  # fmt: skip
+            "tuning", "serving")  # fmt: skip
 FIRST_ROUND_INPUT = "data/prepared"
 
 
@@ -104,6 +105,11 @@ def check_params(params: Mapping) -> None:
     check_members(params)
     from_mapping(TTAConfig, params.get("test_time"), "test_time")
     from_mapping(TuningConfig, params.get("tuning"), "tuning")
+    serving = _keys(params.get("serving"), "serving", ("limits", "parity_sample"))
+    ServingLimits.from_mapping(serving.get("limits"))
+    sample = serving.get("parity_sample", 64)
+    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 1:
+        raise ConfigError(f"serving.parity_sample: a whole number of at least 1, got {sample!r}")
     for name in params.get("members") or {}:  # each member's own backbone and weights
         try:
             check_model(member_plan(params, name).model)

@@ -3,18 +3,22 @@
 
 No pickled Python objects: the model is logged "from code" (``serving/entry.py`` names the
 class), and its artifacts are the members' safetensors with their model.json and one
-``ensemble.json`` (per member: tau, TTA scale and mode, weight; the class names; top; the
-per-view top-K of the tuning cache). The members are rebuilt with timm in ``load_context``.
+``ensemble.json`` (per member: tau, TTA scale and mode, weight, training precision; the class
+names; top; the per-view top-K of the tuning cache; the request limits). The members are rebuilt
+with timm in ``load_context``; the environment is pinned (``serving.requirements``).
 
-Input: a DataFrame with an ``image`` column (base64-encoded image file bytes, as JSON carries
-them) or a ``path`` column. Output: per image the top-5 classes and probabilities.
+Input: a DataFrame with an ``image`` column (base64 text of image file bytes, as JSON carries
+them); a ``path`` column only where the model was loaded with
+``model_config={"path_root": <folder>}``. ``model_config`` may also set ``torch_threads`` and
+override any of ``limits`` (``config.serving.ServingLimits``). Output: per image the top-5
+classes and probabilities. A refused request is an MLflow ``INVALID_PARAMETER_VALUE`` error
+(HTTP 400) whose message names the row and the limit, with no stack trace.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
+import logging
 import os
 import shutil
 import sys
@@ -24,68 +28,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from noisytail.models.network import load_network
-from noisytail.prediction import model_view
-from noisytail.test_time.ensemble import ensemble_top_k
-from noisytail.test_time.scoring import member_top_k
-from noisytail.test_time.tau import classifier_terms
-from noisytail.test_time.views import enlarged_transform, view_logits
+from noisytail.config.serving import ServingLimits
+from noisytail.serving.inputs import RequestError, request_images
+from noisytail.serving.predictor import EnsemblePredictor
 
 SPEC_FILE = "ensemble.json"
 ENTRY = Path(__file__).with_name("entry.py")
-
-
-class EnsemblePredictor:
-    """The tuned ensemble over member folders (each: model.safetensors + model.json)."""
-
-    def __init__(self, spec: Mapping, member_dirs: Mapping[str, str | os.PathLike]) -> None:
-        self.spec, self.members = spec, []
-        for member in spec["members"]:
-            model, classes = load_network(Path(member_dirs[member["name"]]) / "model.safetensors")
-            if list(classes) != list(spec["classes"]):
-                raise ValueError(f"member {member['name']}: its classes differ from the ensemble's")
-            size, view = model_view(model)
-            transform = enlarged_transform(size, model.config.in_chans, view, member["scale"])
-            self.members.append((member, model.eval(), transform, size))
-
-    def predict_images(self, images: Sequence[Image.Image], k: int = 5):
-        """Each image as every member sees it (converted to its channels as in training,
-        ``data.dataset.load_image``), reduced as the tuning cache was, then ensembled."""
-        lists = []
-        for member, model, transform, size in self.members:
-            mode = "L" if model.config.in_chans == 1 else "RGB"
-            arrays = [np.asarray(image.convert(mode)) for image in images]
-            batch = torch.stack([transform(image=a[..., None] if a.ndim == 2 else a)["image"]
-                                 for a in arrays])  # fmt: skip
-            top = min(self.spec["view_top_k"], model.num_classes)  # as the tuning cache held
-            value, index = view_logits(model, batch, size).topk(top, dim=2)
-            cache = {"index": index.numpy().astype(np.int32), "logit": value.numpy(),
-                     **classifier_terms(model)}  # fmt: skip
-            lists.append(member_top_k({f"{member['scale']:g}": cache}, member, self.spec["top"]))
-        weights = [m["weight"] for m, *_ in self.members]
-        return ensemble_top_k(lists, weights, k=k, top=self.spec["top"])
-
-    def predict_frame(self, images: Sequence[Image.Image], k: int = 5) -> pd.DataFrame:
-        index, prob = self.predict_images(images, k)
-        classes = self.spec["classes"]
-        table = pd.DataFrame(index=range(len(images)))
-        for rank in range(k):
-            table[f"class_{rank + 1}"] = [classes[c] if c >= 0 else "" for c in index[:, rank]]
-            table[f"prob_{rank + 1}"] = prob[:, rank].astype(float)
-        return table
-
-
-def decode_image(data: bytes | str) -> Image.Image:
-    """An image file's bytes (or their base64 text), decoded."""
-    raw = base64.b64decode(data) if isinstance(data, str) else data
-    with Image.open(io.BytesIO(raw)) as image:
-        image.load()
-        return image.copy()
+logger = logging.getLogger(__name__)
 
 
 class EnsembleModel(mlflow.pyfunc.PythonModel):
@@ -93,25 +47,36 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
+        config = dict(context.model_config or {})
+        self.path_root = config.pop("path_root", "") or None
+        threads = config.pop("torch_threads", None)
+        if threads:
+            torch.set_num_threads(int(threads))
+        limits = ServingLimits.from_mapping({**spec.get("limits", {}), **config})
         dirs = {m["name"]: context.artifacts[f"member_{m['name']}"] for m in spec["members"]}
-        self.predictor = EnsemblePredictor(spec, dirs)
+        self.predictor = EnsemblePredictor(spec, dirs, limits)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        if "image" in model_input:
-            images = [decode_image(v) for v in model_input["image"]]
-        elif "path" in model_input:
-            images = [decode_image(Path(p).read_bytes()) for p in model_input["path"]]
-        else:
-            raise ValueError("input needs an 'image' column (base64 image bytes) or 'path'")
-        return self.predictor.predict_frame(images)
+        try:
+            files = request_images(model_input, self.predictor.limits, self.path_root)
+            return self.predictor.frame(*self.predictor.predict_files(files))
+        except RequestError as error:  # the client's: say what to change, no stack trace
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception:  # the server's: logged here in full, a short answer to the client
+            logger.exception("noisytail: prediction failed")
+            raise MlflowException(
+                "the model failed on this request; the server log has the details",
+                error_code=INTERNAL_ERROR,
+            ) from None
 
 
 def log_ensemble(
     spec: Mapping, member_dirs: Mapping[str, str | os.PathLike], name: str, alias: str,
-    tags: Mapping[str, str],
+    tags: Mapping[str, str], requirements: Sequence[str],
 ) -> str:  # fmt: skip
-    """Log the ensemble as a pyfunc model in the active run and register it as a new version of
-    ``name`` with ``alias``; returns the version."""
+    """Log the ensemble as a pyfunc model in the active run, with ``requirements`` as its
+    environment (``serving.requirements.pinned_requirements``), and register it as a new
+    version of ``name`` with ``alias``; returns the version."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
@@ -137,8 +102,8 @@ def log_ensemble(
             info = mlflow.pyfunc.log_model(
                 name="ensemble", python_model=str(ENTRY), artifacts=artifacts,
                 code_paths=[str(Path(__file__).parents[1])], registered_model_name=name,
-                signature=signature,
-                pip_requirements=["torch", "timm", "albumentations", "pandas", "pillow"],
+                signature=signature, pip_requirements=list(requirements),
+                model_config={"path_root": ""},  # "": no server-side paths; loaders may set one
             )  # fmt: skip
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)

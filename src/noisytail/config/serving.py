@@ -1,0 +1,31 @@
+"""The served model's bounds on one request (params.yaml ``serving.limits``, stored in the
+registered model's ensemble.json; ``model_config`` may override them when it is loaded)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from noisytail.config import ConfigError, from_mapping
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """Each limit is checked before the work it bounds (see ``serving.inputs``)."""
+
+    max_images: int = 64  # rows of one request
+    max_image_bytes: int = 10_000_000  # one image file, after base64 decoding
+    max_pixels: int = 40_000_000  # width x height from the header (about 6,300 x 6,300)
+    micro_batch: int = 16  # images predicted at once: memory does not grow with the request
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"serving.limits.{field.name}: a positive whole number, "
+                                  f"got {value!r}")  # fmt: skip
+
+    @classmethod
+    def from_mapping(cls, values: Mapping | None) -> ServingLimits:
+        return from_mapping(cls, values, "serving.limits")

@@ -1,0 +1,112 @@
+"""What a request may hold, checked before anything is decoded.
+
+A served model faces clients it does not know. Each image arrives as base64 text of the image
+file's bytes (the ``image`` column); server-side paths (``path``) are read only when the model
+was loaded with an explicit root (``model_config={"path_root": ...}``, as ``noisytail predict``
+does), never in the registered model as served. Every limit is checked at the cheapest point:
+images per request before anything else, bytes per image before decoding base64's output, pixels
+per image from the file's header before its pixels are decoded (PIL's own bomb check, which only
+warns below 179 megapixels, becomes an error). A violation is a ``RequestError`` naming the row
+and the limit; the server answers it as a client error and keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from noisytail.config.serving import ServingLimits
+
+
+class RequestError(ValueError):
+    """A request the model refuses; its message names the row and the rule it broke."""
+
+
+def request_images(
+    frame: pd.DataFrame, limits: ServingLimits, path_root: str | Path | None = None
+) -> list[bytes]:
+    """The image files' bytes of each row of a request, every limit but pixels checked."""
+    columns = [c for c in ("image", "path") if c in frame.columns]
+    if len(columns) != 1:
+        wanted = "an 'image' column (base64 of image file bytes)"
+        if path_root is not None:
+            wanted += " or a 'path' column"
+        raise RequestError(f"the request needs {wanted}; it has {list(frame.columns)}")
+    if len(frame) == 0:
+        raise RequestError("the request holds no rows")
+    if len(frame) > limits.max_images:
+        raise RequestError(f"the request holds {len(frame)} images; the limit is "
+                           f"limits.max_images = {limits.max_images}")  # fmt: skip
+    if columns[0] == "path":
+        if path_root is None:
+            raise RequestError("this model reads no server-side paths: send the image bytes "
+                               "base64-encoded in an 'image' column")  # fmt: skip
+        return [read_under_root(value, path_root, limits, row)
+                for row, value in enumerate(frame["path"])]  # fmt: skip
+    return [decode_base64(value, limits, row) for row, value in enumerate(frame["image"])]
+
+
+def decode_base64(value: object, limits: ServingLimits, row: int) -> bytes:
+    """One ``image`` cell: base64 text of at most ``max_image_bytes`` bytes."""
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"row {row}: 'image' must be non-empty base64 text")
+    if len(value) > 4 * (limits.max_image_bytes // 3 + 1) + 4:  # before decoding anything
+        raise RequestError(f"row {row}: the image is over limits.max_image_bytes = "
+                           f"{limits.max_image_bytes}")  # fmt: skip
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise RequestError(f"row {row}: 'image' is not valid base64 ({error})") from None
+    if len(raw) > limits.max_image_bytes:
+        raise RequestError(f"row {row}: the image is {len(raw)} bytes; the limit is "
+                           f"limits.max_image_bytes = {limits.max_image_bytes}")  # fmt: skip
+    return raw
+
+
+def read_under_root(value: object, root: str | Path, limits: ServingLimits, row: int) -> bytes:
+    """One ``path`` cell, resolved (links followed) and refused outside ``root``."""
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"row {row}: 'path' must be a non-empty string")
+    base = Path(root).resolve()
+    path = (base / value).resolve()  # an absolute value replaces base: checked below
+    if not path.is_relative_to(base):
+        raise RequestError(f"row {row}: {value} is outside the allowed root {base}")
+    if not path.is_file():
+        raise RequestError(f"row {row}: {value}: no such file under {base}")
+    if path.stat().st_size > limits.max_image_bytes:
+        raise RequestError(f"row {row}: {value} is {path.stat().st_size} bytes; the limit is "
+                           f"limits.max_image_bytes = {limits.max_image_bytes}")  # fmt: skip
+    return path.read_bytes()
+
+
+def decode_image(raw: bytes, limits: ServingLimits, row: int = 0) -> Image.Image:
+    """An image file's bytes decoded, its size checked from the header first."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))  # reads the header only
+        with image:
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise RequestError(
+                    f"row {row}: the image is {width} x {height} = {width * height} pixels; "
+                    f"the limit is limits.max_pixels = {limits.max_pixels}"
+                )
+            if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+                raise RequestError(f"row {row}: refused as a decompression bomb ({width} x "
+                                   f"{height}: over PIL's MAX_IMAGE_PIXELS)")  # fmt: skip
+            image.load()
+            return image.copy()
+    except RequestError:
+        raise
+    except Image.DecompressionBombError as error:  # over twice PIL's limit: refused at open
+        raise RequestError(f"row {row}: refused as a decompression bomb ({error})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        # PIL raises these for truncated, corrupt or non-image bytes
+        raise RequestError(f"row {row}: not a readable image ({error})") from None

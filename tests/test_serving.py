@@ -1,0 +1,307 @@
+"""The served ensemble: request limits, malformed input, paths, micro-batches, the pinned
+environment, the real HTTP server and `noisytail predict` on a folder (tiny test_* members)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, save_image
+from PIL import Image
+
+from noisytail.config import ConfigError
+from noisytail.config.model import ModelConfig
+from noisytail.config.serving import ServingLimits
+from noisytail.data.dataset import ImageDataset
+from noisytail.data.manifest import Manifest
+from noisytail.models.network import build_network, save_network
+from noisytail.serving.inputs import RequestError, decode_image, request_images
+from noisytail.serving.predictor import EnsemblePredictor
+from noisytail.serving.requirements import pinned_requirements
+from noisytail.test_time.ensemble import ensemble_top_k
+from noisytail.test_time.scoring import member_top_k
+from noisytail.test_time.views import enlarged_transform, predict_views
+
+CLASSES = ("bag", "boot", "coat", "dress", "shirt", "sock")
+MEMBERS = [
+    {"name": "colour", "tau": None, "scale": 1.0, "mode": "none", "weight": 0.6},
+    {"name": "grey", "tau": 0.7, "scale": 1.5, "mode": "ten_crop", "weight": 0.4},
+]
+
+
+def png(size=(20, 20), seed=0, mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory) -> Path:
+    """Two members unlike each other: RGB and grey, tau and none, ten-crop at 1.5x."""
+    root = tmp_path_factory.mktemp("members")
+    torch.manual_seed(0)
+    kinds = (("colour", "test_resnet", 3, "pad"), ("grey", "test_efficientnet", 1, "zoom"))
+    for name, backbone, chans, crop in kinds:
+        model = build_network(ModelConfig(backbone=backbone, in_chans=chans, embedding_dim=16),
+                              len(CLASSES)).eval()  # fmt: skip
+        model.view = {"image_size": 16, "crop": crop, "margin": 0.125}
+        save_network(model, root / name / "model.safetensors", CLASSES)
+    return root
+
+
+def spec(**limits) -> dict:
+    return {"members": MEMBERS, "classes": list(CLASSES), "top": 4, "view_top_k": 5,
+            "limits": limits}  # fmt: skip
+
+
+def predictor(members: Path, **limits) -> EnsemblePredictor:
+    return EnsemblePredictor(spec(**limits), {m["name"]: members / m["name"] for m in MEMBERS})
+
+
+def test_micro_batches_give_the_one_batch_answer(members):
+    images = [decode_image(png(seed=s), ServingLimits()) for s in range(7)]
+    one_batch = predictor(members, micro_batch=64).predict_images(images)
+    batched = predictor(members, micro_batch=3).predict_images(images)
+    assert np.array_equal(one_batch[0], batched[0])
+    np.testing.assert_allclose(one_batch[1], batched[1], atol=1e-6)
+
+
+def test_served_lists_are_the_pipelines_cache_scored(members, tmp_path):
+    """Serving predicts as predict_views + member_top_k + ensemble_top_k did offline."""
+    from accelerate import Accelerator
+
+    paths = [save_image(tmp_path / f"{i}.png", (20, 20), seed=i) for i in range(5)]
+    table = pd.DataFrame({"sample_id": range(5), "path": [p.name for p in paths],
+                          "label": 0, "split": "test"})  # fmt: skip
+    manifest = Manifest(table, CLASSES, tmp_path)
+    lists = []
+    served = predictor(members)
+    for member, model, _, size, _ in served.members:
+        channels = model.config.in_chans
+        view = enlarged_transform(size, channels, served_view(model), member["scale"])
+        dataset = ImageDataset.from_manifest(manifest, "test", view, channels=channels)
+        cache = predict_views(model, dataset, size, Accelerator(cpu=True), top_k=5, workers=0)
+        lists.append(member_top_k({f"{member['scale']:g}": cache}, member, 4))
+    offline = ensemble_top_k(lists, [m["weight"] for m in MEMBERS], k=5, top=4)
+    online = served.predict_files([p.read_bytes() for p in paths])
+    assert np.array_equal(offline[0], online[0])
+    np.testing.assert_allclose(offline[1], online[1], atol=1e-5)
+
+
+def served_view(model):
+    from noisytail.prediction import model_view
+
+    return model_view(model)[1]
+
+
+@pytest.mark.parametrize(
+    ("frame", "says"),
+    [
+        (pd.DataFrame({"picture": [b64(png())]}), "needs an 'image' column"),
+        (pd.DataFrame({"image": [], "path": []}), "needs an 'image' column"),
+        (pd.DataFrame({"image": []}), "no rows"),
+        (pd.DataFrame({"image": [b64(png())] * 4}), "limits.max_images = 3"),
+        (pd.DataFrame({"image": ["not base64!"]}), "row 0: 'image' is not valid base64"),
+        (pd.DataFrame({"image": [b64(png()), ""]}), "row 1: 'image' must be non-empty"),
+        (pd.DataFrame({"image": [b64(png((200, 200)))]}), "limits.max_image_bytes = 5000"),
+        (pd.DataFrame({"path": ["/etc/passwd"]}), "reads no server-side paths"),
+    ],
+)
+def test_each_malformed_request_is_refused_naming_the_rule(frame, says):
+    limits = ServingLimits(max_images=3, max_image_bytes=5000)
+    with pytest.raises(RequestError, match=says.replace("(", r"\(")):
+        request_images(frame, limits)
+
+
+def test_undecodable_and_oversized_images_are_refused(monkeypatch):
+    limits = ServingLimits(max_pixels=10_000)
+    with pytest.raises(RequestError, match="row 2: not a readable image"):
+        decode_image(b"GIF89a but not really", limits, row=2)
+    with pytest.raises(RequestError, match="not a readable image"):
+        decode_image(png()[:60], limits)  # truncated
+    big = png((400, 300))
+    with pytest.raises(RequestError, match="400 x 300 = 120000 pixels.*max_pixels = 10000"):
+        decode_image(big, limits)
+    # PIL's bomb check (a warning below 2x its limit) is an error, whatever our limit says
+    for pil_limit in (5_000, 100_000):  # over twice PIL's limit (its error), over it (a warning)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pil_limit)
+        with pytest.raises(RequestError, match="decompression bomb"):
+            decode_image(big, ServingLimits())
+    monkeypatch.undo()
+    assert decode_image(big, ServingLimits()).size == (400, 300)
+
+
+def test_paths_are_read_only_under_the_root(tmp_path):
+    root = tmp_path / "images"
+    inside = save_image(root / "a" / "x.png")
+    outside = save_image(tmp_path / "secret.png")
+    (root / "link.png").symlink_to(outside)
+    limits = ServingLimits()
+    frame = lambda *p: pd.DataFrame({"path": list(p)})  # noqa: E731
+    assert request_images(frame("a/x.png"), limits, root) == [inside.read_bytes()]
+    for path in ("../secret.png", str(outside), "link.png", "a/../../secret.png"):
+        with pytest.raises(RequestError, match="outside the allowed root"):
+            request_images(frame(path), limits, root)
+    with pytest.raises(RequestError, match="row 1: missing.png: no such file"):
+        request_images(frame("a/x.png", "missing.png"), limits, root)
+
+
+def test_limits_are_checked_as_params():
+    with pytest.raises(ConfigError, match="serving.limits.micro_batch"):
+        ServingLimits.from_mapping({"micro_batch": 0})
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        ServingLimits.from_mapping({"max_megapixels": 3})
+
+
+def test_the_environment_is_pinned_to_the_lock(tmp_path):
+    pins = pinned_requirements("noisytail.serving.entry", REPO / "requirements.lock")
+    names = {p.split("==")[0].lower() for p in pins}
+    assert {"torch", "torchvision", "timm", "albumentations", "pillow", "numpy", "pandas",
+            "accelerate", "pyarrow", "safetensors", "mlflow"} <= names  # fmt: skip
+    assert "torch==2.14.1" in pins and all("==" in p for p in pins)
+    drifted = tmp_path / "requirements.lock"  # the lock moved on, the environment did not
+    text = (REPO / "requirements.lock").read_text()
+    drifted.write_text(text.replace("timm==", "timm==0.0.1  # was "))
+    with pytest.raises(RuntimeError, match="timm==.*lock: 0.0.1"):
+        pinned_requirements("noisytail.serving.entry", drifted)
+
+
+@pytest.fixture(scope="module")
+def registered(members, tmp_path_factory):
+    """The two members logged and registered as a pyfunc model in a throw-away store."""
+    import mlflow
+
+    from noisytail.serving.model import log_ensemble
+
+    store = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serving-test")
+    requirements = pinned_requirements("noisytail.serving.entry", REPO / "requirements.lock")
+    with mlflow.start_run():
+        version = log_ensemble(spec(max_images=8, micro_batch=4, max_pixels=1_000_000),
+                               {m["name"]: members / m["name"] for m in MEMBERS},
+                               "serving-test", "champion", {}, requirements)  # fmt: skip
+    return {"uri": uri, "model": f"models:/serving-test/{version}", "store": store,
+            "requirements": requirements}  # fmt: skip
+
+
+def test_the_registered_model_answers_and_refuses_as_a_client_error(registered, members):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(registered["uri"])
+    model = mlflow.pyfunc.load_model(registered["model"])
+    images = [png(seed=s) for s in range(5)]
+    served = model.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
+    index, _ = predictor(members).predict_files(images, k=5)
+    assert served["class_1"].tolist() == [CLASSES[i] for i in index[:, 0]]
+    with pytest.raises(MlflowException) as refused:
+        model.predict(pd.DataFrame({"image": [b64(b"not an image")]}))
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "row 0: not a readable image" in refused.value.message
+    assert "Traceback" not in refused.value.serialize_as_json()
+    requirements = mlflow.pyfunc.get_model_dependencies(registered["model"])
+    assert set(registered["requirements"]) <= set(Path(requirements).read_text().split())
+
+
+def test_the_real_server_refuses_bad_requests_and_keeps_serving(registered, tmp_path):
+    from noisytail.serving.server import ModelServer, image_request
+
+    good = [png(seed=s) for s in range(3)]
+    white = io.BytesIO()
+    Image.new("L", (4000, 4000), 255).save(white, "PNG")  # 16 MP in a few KB, over the 1 MP limit
+    rows = lambda *cells: json.dumps(  # noqa: E731
+        {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+    ).encode()
+    bad = {
+        "not base64": rows("%%%"),
+        "not an image": rows(b64(b"hello")),
+        "empty frame": rows(),
+        "wrong column": json.dumps(
+            {"dataframe_split": {"columns": ["picture"], "data": [["x"]]}}
+        ).encode(),
+        "server path": json.dumps(
+            {"dataframe_split": {"columns": ["path"], "data": [["/etc/passwd"]]}}
+        ).encode(),
+        "too many images": image_request(good * 3),
+        "too many pixels": image_request([white.getvalue()]),
+        "not JSON": b"{",
+    }
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
+    with ModelServer(registered["model"], env=env, log=tmp_path / "server.log") as server:
+        expected = server.predict(good)
+        for kind, body in bad.items():
+            status, answer = server.post(body)
+            assert 400 <= status < 500, (kind, status, answer)
+            assert answer.get("message") and "Traceback" not in json.dumps(answer), kind
+            assert server.predict(good) == expected, f"after {kind}"
+
+
+def test_noisytail_predict_streams_a_folder_into_a_csv(registered, tmp_path):
+    folder = tmp_path / "shop"
+    for i in range(11):
+        save_image(folder / f"{i // 4}" / f"{i:02d}.png", (20, 20), seed=i)
+    (folder / "2" / "broken.png").write_bytes(b"not an image")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
+    out = tmp_path / "predictions.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "noisytail.cli", "predict", str(folder), "--out", str(out),
+         "--model", registered["model"], "--batch", "4"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "1 file(s) refused" in result.stdout
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == 12 and table["path"].is_monotonic_increasing
+    broken = table[table["path"].str.endswith("broken.png")]
+    assert broken["error"].str.contains("not a readable image").all()
+    fine = table[table["error"] == ""]
+    assert len(fine) == 11 and set(fine["class_1"]) <= set(CLASSES)
+    assert (fine["prob_1"] >= fine["prob_2"]).all()
+
+
+@pytest.mark.slow
+def test_the_registered_model_predicts_in_a_fresh_environment(registered, tmp_path):
+    """A virtual environment built from the model's own requirements.txt only (no noisytail
+    installed: the model ships its code) loads it and predicts what this environment does."""
+    import mlflow
+
+    mlflow.set_tracking_uri(registered["uri"])
+    local = mlflow.artifacts.download_artifacts(registered["model"], dst_path=str(tmp_path / "m"))
+    requirements = Path(local) / "requirements.txt"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)],
+                   check=True)  # fmt: skip
+    images = [b64(png(seed=s)) for s in range(4)]
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "images = json.loads(sys.stdin.read())\n"
+        "print(model.predict(pd.DataFrame({'image': images})).to_json(orient='records'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    fresh = subprocess.run([str(python), "-c", script, local], input=json.dumps(images),
+                           capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    here = mlflow.pyfunc.load_model(local).predict(pd.DataFrame({"image": images}))
+    answer = pd.DataFrame(json.loads(fresh.stdout.strip().splitlines()[-1]))
+    assert answer["class_1"].tolist() == here["class_1"].tolist()
+    np.testing.assert_allclose(answer["prob_1"], here["prob_1"], atol=1e-6)
