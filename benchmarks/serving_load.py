@@ -3,6 +3,11 @@
 
     python benchmarks/serving_load.py --run-dir <a finished pipeline> [--clients 4]
         [--requests 200] [--sizes 1 8 32] [--seconds 60]
+    python benchmarks/serving_load.py --run-dir <a workspace> --members r1=models/round_1 ...
+
+The first serves the run's champion; the second registers the given model folders (each with
+model.safetensors + model.json) as an equal-weight ensemble, as trained and ten-crop at 1x, in a
+scratch store (<run-dir>/serving_load.db): trained models, before the pipeline's test time.
 
 Phase 1, per request size: ``--clients`` threads each send up to ``--requests`` requests of that
 many test images (stopping by itself after ``--seconds``): p50 / p95 / p99 latency, images per
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -80,7 +86,10 @@ def load_phase(server, images, expected, size, clients, requests, seconds) -> di
             pick = rng.choice(len(images), size, replace=len(images) < size)
             body = image_request([images[i] for i in pick])
             started = time.perf_counter()
-            status, answer = server.post(body, timeout=600)
+            try:
+                status, answer = server.post(body, timeout=600)
+            except OSError:  # refused, reset or timed out: an error, not the end of the run
+                status, answer = 0, {}
             took = time.perf_counter() - started
             with lock:
                 latencies.append(took)
@@ -145,7 +154,10 @@ def bad_input_phase(server, images, expected, limits) -> list[dict]:
     for kind, body in bad_requests(limits).items():
         status, answer = server.post(body)
         message = str(answer.get("message", ""))
-        good = server.predict(images[:4])
+        try:
+            good = server.predict(images[:4])
+        except (OSError, RuntimeError):  # the server died or refused a good request
+            good = []
         rows.append({
             "kind": kind, "status": status, "refused_4xx": 400 <= status < 500,
             "has_message": bool(message) and "Traceback" not in json.dumps(answer),
@@ -182,10 +194,35 @@ def offline_rate(spec: dict, member_dirs: dict, paths: list[Path]) -> float:
     return len(paths) / seconds
 
 
+def register_members(members: list[str], classes: list[str], uri: str) -> str:
+    """``name=folder`` models as an equal-weight ensemble in the store ``uri``; its model URI."""
+    import mlflow
+
+    from noisytail.config.serving import ServingLimits
+    from noisytail.serving.model import log_ensemble
+    from noisytail.serving.requirements import pinned_requirements
+
+    folders = dict(m.split("=", 1) for m in members)
+    spec = {
+        "members": [{"name": n, "tau": None, "scale": 1.0, "mode": "ten_crop",
+                     "weight": 1.0 / len(folders), "mixed_precision": "no"} for n in folders],
+        "classes": classes, "top": 10, "view_top_k": 20,
+        "limits": dataclasses.asdict(ServingLimits()),
+    }  # fmt: skip
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serving-load")
+    with mlflow.start_run(run_name="serving-load/register"):
+        version = log_ensemble(spec, folders, "serving-load", "champion", {},
+                               pinned_requirements("noisytail.serving.entry"))  # fmt: skip
+    return f"models:/serving-load/{version}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", default=".", help="a finished pipeline (mlflow.db, data)")
     parser.add_argument("--model", default="models:/noisytail-ensemble@champion")
+    parser.add_argument("--members", nargs="+", metavar="NAME=FOLDER",
+                        help="serve these trained models instead of the champion")  # fmt: skip
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=200, help="per client and size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32])
@@ -197,17 +234,23 @@ def main() -> None:
     import mlflow
 
     run_dir = Path(args.run_dir).resolve()
+    manifest = read_manifest(run_dir / "data/prepared/manifest.parquet")
     uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{run_dir / 'mlflow.db'}")
+    if args.members:
+        uri = f"sqlite:///{run_dir / 'serving_load.db'}"
+        args.model = register_members([f"{n}={(run_dir / f).resolve()}" for n, f in
+                                       (m.split("=", 1) for m in args.members)],
+                                      list(manifest.classes), uri)  # fmt: skip
     mlflow.set_tracking_uri(uri)
     local = Path(mlflow.artifacts.download_artifacts(args.model))
     spec = json.loads((local / "artifacts" / "ensemble.json").read_text())
     member_dirs = {m["name"]: local / "artifacts" / m["name"] for m in spec["members"]}
-    manifest = read_manifest(run_dir / "data/prepared/manifest.parquet")
     test = manifest.split("test" if (manifest.table["split"] == "test").any() else "val")
     paths = [manifest.resolve(p) for p in test["path"].iloc[: args.sample]]
     images = [p.read_bytes() for p in paths]
-    reference = mlflow.pyfunc.load_model(str(local)).predict(
-        pd.DataFrame({"image": [base64.b64encode(i).decode() for i in images]}))  # fmt: skip
+    in_process = mlflow.pyfunc.load_model(str(local), model_config={"max_images": len(images)})
+    encoded = [base64.b64encode(i).decode() for i in images]
+    reference = in_process.predict(pd.DataFrame({"image": encoded}))
     expected = reference["class_1"].tolist()
     offline = offline_rate(spec, member_dirs, paths)
     print(f"offline (predict_views, {len(spec['members'])} members): {offline:.1f} images/s")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisytail.config.members import member_plan
 from noisytail.config.params import load_checked_params
 from noisytail.config.serving import ServingLimits
 from noisytail.data.manifest import read_manifest
@@ -26,7 +27,10 @@ from noisytail.serving.server import ModelServer
 from noisytail.tracking import tracking_uri
 
 PREPARED = "data/prepared/manifest.parquet"
-PROB_TOLERANCE = 1e-4  # predictions.csv rounds to 5 digits
+# predictions.csv rounds to 5 digits; a member trained in bf16 was predicted by member_views in
+# the training's precision (on a GPU) and is served in CPU bf16: rounding differs, near ties may
+# swap below the top-1, so then only the top-1 must agree and probabilities within 0.02.
+STRICT_TOLERANCE, MIXED_TOLERANCE = 1e-4, 2e-2
 
 
 def main() -> None:
@@ -41,7 +45,13 @@ def main() -> None:
     serving = params.get("serving") or {}
     limits = ServingLimits.from_mapping(serving.get("limits"))
     registered = json.loads(Path(args.registered).read_text())
-    expected = pd.read_csv(args.predictions, keep_default_na=False)
+    mixed = any(member_plan(params, m).steps["full"].mixed_precision != "no"
+                for m in params.get("members") or {})  # fmt: skip
+    tolerance = MIXED_TOLERANCE if mixed else STRICT_TOLERANCE
+    names = {f"class_{r}": str for r in range(1, 6)}  # class names such as "00017" stay text
+    expected = pd.read_csv(args.predictions, keep_default_na=False, dtype=names)
+    if expected.empty:
+        raise NoisytailError(f"{args.predictions} holds no rows: nothing to check the server on")
     rng = np.random.default_rng(params.get("seed", 0))
     size = min(serving.get("parity_sample", 64), len(expected))
     expected = expected.iloc[np.sort(rng.choice(len(expected), size, replace=False))]
@@ -75,7 +85,10 @@ def main() -> None:
         "same_top1": int(same_top1.sum()),
         "same_top5": int(same_top5.sum()),
         "max_prob_difference": round(prob_gap, 6),
-        "reproduces_predictions": bool(same_top5.all() and prob_gap <= PROB_TOLERANCE),
+        "tolerance": tolerance,
+        "reproduces_predictions": bool(
+            (same_top1 if mixed else same_top5).all() and prob_gap <= tolerance
+        ),
         "start_seconds": round(ready - started, 1),
         "images_per_second": round(size / (answered - ready), 1),
     }

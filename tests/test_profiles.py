@@ -53,6 +53,7 @@ def test_the_typed_defaults_are_params_yaml():
     from noisytail.config.cleaning import CleaningConfig
     from noisytail.config.data import AugmentConfig, BenchmarkConfig, DataConfig
     from noisytail.config.model import ModelConfig
+    from noisytail.config.serving import ServingLimits
     from noisytail.config.test_time import TTAConfig, TuningConfig
     from noisytail.config.training import TrainConfig
 
@@ -63,6 +64,7 @@ def test_the_typed_defaults_are_params_yaml():
         ("augment", AugmentConfig, params["augment"]), ("model", ModelConfig, params["model"]),
         ("train", TrainConfig, params["train"]), ("cleaning", CleaningConfig, cleaning),
         ("test_time", TTAConfig, params["test_time"]), ("tuning", TuningConfig, params["tuning"]),
+        ("serving.limits", ServingLimits, params["serving"]["limits"]),
     ):  # fmt: skip
         assert cls() == from_mapping(cls, given, section), f"{cls.__name__} defaults != {section}:"
 

@@ -134,6 +134,10 @@ def test_undecodable_and_oversized_images_are_refused(monkeypatch):
         decode_image(b"GIF89a but not really", limits, row=2)
     with pytest.raises(RequestError, match="not a readable image"):
         decode_image(png()[:60], limits)  # truncated
+    pcx = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(pcx, "PCX")  # PIL reads it; a manifest never holds one
+    with pytest.raises(RequestError, match="not a readable image"):
+        decode_image(pcx.getvalue(), limits)
     big = png((400, 300))
     with pytest.raises(RequestError, match="400 x 300 = 120000 pixels.*max_pixels = 10000"):
         decode_image(big, limits)
@@ -157,8 +161,9 @@ def test_paths_are_read_only_under_the_root(tmp_path):
     for path in ("../secret.png", str(outside), "link.png", "a/../../secret.png"):
         with pytest.raises(RequestError, match="outside the allowed root"):
             request_images(frame(path), limits, root)
-    with pytest.raises(RequestError, match="row 1: missing.png: no such file"):
-        request_images(frame("a/x.png", "missing.png"), limits, root)
+    for path in ("missing.png", "a", "a/x.png\x00.txt"):  # no file, a folder, a NUL byte
+        with pytest.raises(RequestError, match="row 1: .*no readable file under the root"):
+            request_images(frame("a/x.png", path), limits, root)
 
 
 def test_limits_are_checked_as_params():
@@ -216,6 +221,10 @@ def test_the_registered_model_answers_and_refuses_as_a_client_error(registered, 
     assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
     assert "row 0: not a readable image" in refused.value.message
     assert "Traceback" not in refused.value.serialize_as_json()
+    # a loader may change a limit (MLflow passes on only the keys the model logged)
+    strict = mlflow.pyfunc.load_model(registered["model"], model_config={"max_images": 2})
+    with pytest.raises(MlflowException, match="limits.max_images = 2"):
+        strict.predict(pd.DataFrame({"image": [b64(i) for i in images[:3]]}))
     requirements = mlflow.pyfunc.get_model_dependencies(registered["model"])
     assert set(registered["requirements"]) <= set(Path(requirements).read_text().split())
 

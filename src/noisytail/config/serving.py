@@ -17,7 +17,8 @@ class ServingLimits:
     max_images: int = 64  # rows of one request
     max_image_bytes: int = 10_000_000  # one image file, after base64 decoding
     max_pixels: int = 40_000_000  # width x height from the header (about 6,300 x 6,300)
-    micro_batch: int = 16  # images predicted at once: memory does not grow with the request
+    micro_batch: int = 16  # images decoded and predicted at once (bounds pixels, activations)
+    concurrent_requests: int = 2  # predicted at once (the server runs each in a thread)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

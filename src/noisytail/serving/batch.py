@@ -53,7 +53,7 @@ def predict_rows(model, files: Sequence[Path], root: Path, batch: int) -> Iterat
                 try:
                     yield {"path": str(path), **ask([path]).iloc[0].to_dict(), "error": ""}
                 except MlflowException as error:
-                    yield {"path": str(path), "error": error.message.split("Error: ")[-1]}
+                    yield {"path": str(path), "error": error.message}
             continue
         for path, (_, row) in zip(chunk, table.iterrows(), strict=True):
             yield {"path": str(path), **row.to_dict(), "error": ""}

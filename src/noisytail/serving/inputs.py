@@ -74,39 +74,64 @@ def read_under_root(value: object, root: str | Path, limits: ServingLimits, row:
     if not isinstance(value, str) or not value:
         raise RequestError(f"row {row}: 'path' must be a non-empty string")
     base = Path(root).resolve()
-    path = (base / value).resolve()  # an absolute value replaces base: checked below
-    if not path.is_relative_to(base):
-        raise RequestError(f"row {row}: {value} is outside the allowed root {base}")
-    if not path.is_file():
-        raise RequestError(f"row {row}: {value}: no such file under {base}")
-    if path.stat().st_size > limits.max_image_bytes:
-        raise RequestError(f"row {row}: {value} is {path.stat().st_size} bytes; the limit is "
-                           f"limits.max_image_bytes = {limits.max_image_bytes}")  # fmt: skip
-    return path.read_bytes()
-
-
-def decode_image(raw: bytes, limits: ServingLimits, row: int = 0) -> Image.Image:
-    """An image file's bytes decoded, its size checked from the header first."""
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))  # reads the header only
-        with image:
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise RequestError(
-                    f"row {row}: the image is {width} x {height} = {width * height} pixels; "
-                    f"the limit is limits.max_pixels = {limits.max_pixels}"
-                )
-            if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
-                raise RequestError(f"row {row}: refused as a decompression bomb ({width} x "
-                                   f"{height}: over PIL's MAX_IMAGE_PIXELS)")  # fmt: skip
-            image.load()
-            return image.copy()
+        path = (base / value).resolve()  # an absolute value replaces base: checked below
+        if not path.is_relative_to(base):
+            raise RequestError(f"row {row}: {value[:200]} is outside the allowed root")
+        with path.open("rb") as file:  # one handle: what is checked is what is read
+            raw = file.read(limits.max_image_bytes + 1)
     except RequestError:
         raise
+    except (OSError, ValueError):  # missing, a folder, a NUL byte, a name too long
+        raise RequestError(f"row {row}: {value[:200]}: no readable file under the root") from None
+    if len(raw) > limits.max_image_bytes:
+        raise RequestError(f"row {row}: {value[:200]} is over limits.max_image_bytes = "
+                           f"{limits.max_image_bytes}")  # fmt: skip
+    return raw
+
+
+# The decoders of the file types a manifest may hold (data.sources.IMAGE_SUFFIXES); PIL's
+# others (EPS runs Ghostscript, PSD, FITS, ...) never see a client's bytes.
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
+
+
+def open_image(raw: bytes, limits: ServingLimits, row: int = 0) -> Image.Image:
+    """The image of a file's bytes, opened (its header read, no pixel decoded) and checked:
+    a known format, at most ``max_pixels`` and PIL's ``MAX_IMAGE_PIXELS``."""
+    try:
+        with warnings.catch_warnings():  # the limit below says it, as an error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw), formats=FORMATS)
     except Image.DecompressionBombError as error:  # over twice PIL's limit: refused at open
         raise RequestError(f"row {row}: refused as a decompression bomb ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         # PIL raises these for truncated, corrupt or non-image bytes
         raise RequestError(f"row {row}: not a readable image ({error})") from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        image.close()
+        raise RequestError(
+            f"row {row}: the image is {width} x {height} = {width * height} pixels; "
+            f"the limit is limits.max_pixels = {limits.max_pixels}"
+        )
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        image.close()
+        raise RequestError(f"row {row}: refused as a decompression bomb ({width} x {height}: "
+                           f"over PIL's MAX_IMAGE_PIXELS)")  # fmt: skip
+    return image
+
+
+def check_images(files: list[bytes], limits: ServingLimits) -> None:
+    """Every file's header, before any work: a bad last image costs no prediction."""
+    for row, raw in enumerate(files):
+        open_image(raw, limits, row).close()
+
+
+def decode_image(raw: bytes, limits: ServingLimits, row: int = 0) -> Image.Image:
+    """An image file's bytes decoded, its header checked first (``open_image``)."""
+    with open_image(raw, limits, row) as image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt pixels
+            raise RequestError(f"row {row}: not a readable image ({error})") from None
+        return image.copy()

@@ -23,8 +23,10 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -34,7 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from noisytail.config.serving import ServingLimits
-from noisytail.serving.inputs import RequestError, request_images
+from noisytail.serving.inputs import RequestError, check_images, request_images
 from noisytail.serving.predictor import EnsemblePredictor
 
 SPEC_FILE = "ensemble.json"
@@ -55,11 +57,14 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         limits = ServingLimits.from_mapping({**spec.get("limits", {}), **config})
         dirs = {m["name"]: context.artifacts[f"member_{m['name']}"] for m in spec["members"]}
         self.predictor = EnsemblePredictor(spec, dirs, limits)
+        self.running = threading.BoundedSemaphore(limits.concurrent_requests)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
             files = request_images(model_input, self.predictor.limits, self.path_root)
-            return self.predictor.frame(*self.predictor.predict_files(files))
+            check_images(files, self.predictor.limits)
+            with self.running:  # the server runs each request in a thread: memory is bounded by
+                return self.predictor.frame(*self.predictor.predict_files(files))  # this many
         except RequestError as error:  # the client's: say what to change, no stack trace
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
         except Exception:  # the server's: logged here in full, a short answer to the client
@@ -103,7 +108,9 @@ def log_ensemble(
                 name="ensemble", python_model=str(ENTRY), artifacts=artifacts,
                 code_paths=[str(Path(__file__).parents[1])], registered_model_name=name,
                 signature=signature, pip_requirements=list(requirements),
-                model_config={"path_root": ""},  # "": no server-side paths; loaders may set one
+                # MLflow passes on only the keys logged here: every one a loader may override
+                model_config={"path_root": "", "torch_threads": 0,
+                              **asdict(ServingLimits.from_mapping(spec.get("limits")))},
             )  # fmt: skip
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)

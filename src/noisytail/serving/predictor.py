@@ -5,7 +5,7 @@ enlarged evaluation view at its tuned scale, ten crops, the top-K bias-free logi
 as-trained top-1 kept in the list (``test_time.views.keep_trained_top1``), at the precision its
 training used; then tau, the TTA mode and the weighted top-10 average. Images go through in
 micro-batches of ``limits.micro_batch``, decoded only when their batch comes, so memory is set
-by the micro-batch, not by the request.
+by the micro-batch (the request's file bytes are held whole, bounded by its limits).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from noisytail.test_time.scoring import member_top_k
 from noisytail.test_time.tau import classifier_terms
 from noisytail.test_time.views import enlarged_transform, keep_trained_top1, view_logits
 
-AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# On the CPU, accelerate runs fp16 in fp32 (no native fp16 autocast) and bf16 in CPU autocast:
+# the server, on the CPU, does the same.
+AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": None}
 
 
 class EnsemblePredictor:

@@ -50,17 +50,21 @@ class ModelServer:
         self.process = subprocess.Popen(command, cwd=cwd, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)  # fmt: skip
-        self.wait_ready(timeout, log)
+        try:
+            self.wait_ready(timeout, log)
+        except BaseException:  # its own process group: nothing else would stop it
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float, log) -> None:
         deadline = time.time() + timeout
         while not self.alive():
             if self.process.poll() is not None:
+                self.stop()
                 tail = Path(log).read_text()[-2000:] if log else ""
                 raise RuntimeError(f"mlflow models serve exited with {self.process.returncode}"
                                    f"{': ' + tail if tail else ''}")  # fmt: skip
             if time.time() > deadline:
-                self.stop()
                 raise TimeoutError(f"the model server did not answer /ping within {timeout:g} s")
             time.sleep(0.5)
 
