@@ -20,7 +20,7 @@ import pandas as pd
 
 from noisytail.config.members import member_plan
 from noisytail.config.params import load_checked_params
-from noisytail.config.serving import ServingLimits
+from noisytail.config.serving import PARITY_SAMPLE, ServingLimits
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import NoisytailError, report_expected_errors
 from noisytail.serving.server import ModelServer
@@ -53,7 +53,7 @@ def main() -> None:
     if expected.empty:
         raise NoisytailError(f"{args.predictions} holds no rows: nothing to check the server on")
     rng = np.random.default_rng(params.get("seed", 0))
-    size = min(serving.get("parity_sample", 64), len(expected))
+    size = min(serving.get("parity_sample", PARITY_SAMPLE), len(expected))
     expected = expected.iloc[np.sort(rng.choice(len(expected), size, replace=False))]
     manifest = read_manifest(PREPARED)
     paths = manifest.table.set_index("sample_id").loc[expected["sample_id"], "path"]

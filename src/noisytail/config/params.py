@@ -19,7 +19,7 @@ from noisytail.config.cleaning import round_config
 from noisytail.config.data import AugmentConfig, BenchmarkConfig, DataConfig
 from noisytail.config.members import check_members, member_plan
 from noisytail.config.model import PRESETS, ModelConfig
-from noisytail.config.serving import ServingLimits
+from noisytail.config.serving import PARITY_SAMPLE, ServingLimits
 from noisytail.config.test_time import TTAConfig, TuningConfig
 from noisytail.config.training import TrainConfig
 
@@ -107,7 +107,7 @@ def check_params(params: Mapping) -> None:
     from_mapping(TuningConfig, params.get("tuning"), "tuning")
     serving = _keys(params.get("serving"), "serving", ("limits", "parity_sample"))
     ServingLimits.from_mapping(serving.get("limits"))
-    sample = serving.get("parity_sample", 64)
+    sample = serving.get("parity_sample", PARITY_SAMPLE)
     if not isinstance(sample, int) or isinstance(sample, bool) or sample < 1:
         raise ConfigError(f"serving.parity_sample: a whole number of at least 1, got {sample!r}")
     for name in params.get("members") or {}:  # each member's own backbone and weights

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from noisytail.config import ConfigError, from_mapping
 
+PARITY_SAMPLE = 64  # serving.parity_sample: test images serve_check asks the served model for
+
 
 @dataclass(frozen=True)
 class ServingLimits:

@@ -97,10 +97,10 @@ class EnsemblePredictor:
 
     def frame(self, index: np.ndarray, prob: np.ndarray) -> pd.DataFrame:
         """class_1..k and prob_1..k columns (class names; '' where fewer than k)."""
-        classes = self.spec["classes"]
+        names = np.array([*self.spec["classes"], ""], dtype=object)  # index -1 (no class): ""
         table = pd.DataFrame(index=range(len(index)))
         for rank in range(index.shape[1]):
-            table[f"class_{rank + 1}"] = [classes[c] if c >= 0 else "" for c in index[:, rank]]
+            table[f"class_{rank + 1}"] = names[index[:, rank]]
             table[f"prob_{rank + 1}"] = prob[:, rank].astype(float)
         return table
 
