@@ -2,7 +2,7 @@
 127.0.0.1 as a team would run it, asked over HTTP by concurrent clients.
 
     python benchmarks/serving_load.py --run-dir <a finished pipeline> [--clients 4]
-        [--requests 200] [--sizes 1 8 32] [--seconds 60]
+        [--requests 200] [--sizes 1 8 32] [--seconds 60] [--large-side 1024]
     python benchmarks/serving_load.py --run-dir <a workspace> --members r1=models/round_1 ...
 
 The first serves the run's champion; the second registers the given model folders (each with
@@ -15,8 +15,11 @@ second, errors (non-200) and wrong answers (against the model loaded in this pro
 server's peak resident memory (its whole process tree, sampled every 0.1 s).
 Beside it, the offline rate of the same members and views (``test_time.views.predict_views``
 over the same images, each member at its tuned scale): the pipeline's own speed.
-Phase 2: each malformed kind (bad base64, not an image, an empty frame, a wrong column, a
-server path, too many images, too many bytes, too many pixels, a decompression bomb, not JSON)
+With ``--large-side S``, phase 1 runs again on the same images enlarged to S x S pixels (photo
+sized files: decoding and the resize dominate, and memory must not grow with the request).
+Phase 2: each malformed kind (bad base64, not an image, a truncated header, truncated pixels,
+an empty frame, a wrong column, a server path, too many images, too many bytes, too many pixels,
+a decompression bomb, not JSON)
 interleaved with good requests: every bad one must get a 4xx with a message, every good one the
 right answer, and the server must still be up.
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import dataclasses
 import io
 import json
 import os
@@ -133,11 +135,13 @@ def bad_requests(limits: dict) -> dict[str, bytes]:
     side = int(limits["max_pixels"] ** 0.5) + 1
     tiny = png_bytes(Image.new("L", (8, 8)))
     noise = np.random.default_rng(0).integers(0, 255, (1500, 2300, 3), dtype=np.uint8)
+    pixels = png_bytes(Image.fromarray(noise[:64, :64]))  # cut in its pixel data, header whole
     bomb = png_bytes(Image.new("1", (20_000, 20_000)))  # 400 MP of one colour: a few tens of KB
     return {
         "bad base64": frame("image", "%%% not base64 %%%"),
         "not an image": frame("image", b64(b"GIF89a, or so it says")),
-        "truncated image": frame("image", b64(tiny[: len(tiny) // 2])),
+        "truncated header": frame("image", b64(tiny[: len(tiny) // 2])),
+        "truncated pixels": frame("image", b64(pixels[: len(pixels) * 2 // 3])),
         "empty frame": frame("image"),
         "wrong column": frame("picture", b64(tiny)),
         "server path": frame("path", "/etc/passwd"),
@@ -147,6 +151,18 @@ def bad_requests(limits: dict) -> dict[str, bytes]:
         "decompression bomb": frame("image", b64(bomb)),
         "not JSON": b'{"dataframe_split": ',
     }
+
+
+def served_top1(model, images: list[bytes]) -> list[str]:
+    """The in-process model's top-1 class of each image: what the server must answer."""
+    encoded = [base64.b64encode(i).decode() for i in images]
+    return model.predict(pd.DataFrame({"image": encoded}))["class_1"].tolist()
+
+
+def enlarged_png(path: Path, side: int) -> bytes:
+    """The image at ``path`` resized to ``side`` x ``side``, as PNG bytes (a photo-sized file)."""
+    with Image.open(path) as image:
+        return png_bytes(image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))
 
 
 def bad_input_phase(server, images, expected, limits) -> list[dict]:
@@ -199,16 +215,14 @@ def register_members(members: list[str], classes: list[str], uri: str) -> str:
     import mlflow
 
     from noisytail.config.serving import ServingLimits
-    from noisytail.serving.model import log_ensemble
+    from noisytail.config.test_time import TTAConfig, TuningConfig
+    from noisytail.serving.model import ensemble_spec, log_ensemble
     from noisytail.serving.requirements import pinned_requirements
 
     folders = dict(m.split("=", 1) for m in members)
-    spec = {
-        "members": [{"name": n, "tau": None, "scale": 1.0, "mode": "ten_crop",
-                     "weight": 1.0 / len(folders), "mixed_precision": "no"} for n in folders],
-        "classes": classes, "top": 10, "view_top_k": 20,
-        "limits": dataclasses.asdict(ServingLimits()),
-    }  # fmt: skip
+    plain = [{"name": n, "tau": None, "scale": 1.0, "mode": "ten_crop",
+              "weight": 1.0 / len(folders), "mixed_precision": "no"} for n in folders]  # fmt: skip
+    spec = ensemble_spec(plain, classes, TuningConfig().top, TTAConfig().top_k, ServingLimits())
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("serving-load")
     with mlflow.start_run(run_name="serving-load/register"):
@@ -228,6 +242,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=60, help="per size, at most")
     parser.add_argument("--sample", type=int, default=256, help="test images to draw from")
+    parser.add_argument("--large-side", type=int, default=0,
+                        help="also load-test the images enlarged to this size")  # fmt: skip
     parser.add_argument("--name", default="serving_load")
     args = parser.parse_args()
 
@@ -249,25 +265,38 @@ def main() -> None:
     paths = [manifest.resolve(p) for p in test["path"].iloc[: args.sample]]
     images = [p.read_bytes() for p in paths]
     in_process = mlflow.pyfunc.load_model(str(local), model_config={"max_images": len(images)})
-    encoded = [base64.b64encode(i).decode() for i in images]
-    reference = in_process.predict(pd.DataFrame({"image": encoded}))
-    expected = reference["class_1"].tolist()
+    expected = served_top1(in_process, images)
     offline = offline_rate(spec, member_dirs, paths)
     print(f"offline (predict_views, {len(spec['members'])} members): {offline:.1f} images/s")
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    side = Image.open(paths[0]).size
     with ModelServer(args.model, cwd=run_dir, env=env, log=run_dir / "serving_load.log") as server:
-        rows = [load_phase(server, images, expected, size, args.clients, args.requests,
-                           args.seconds) for size in args.sizes]  # fmt: skip
+        rows = [{"images": f"{side[0]} x {side[1]}",
+                 **load_phase(server, images, expected, size, args.clients, args.requests,
+                              args.seconds)} for size in args.sizes]  # fmt: skip
         print_table(rows)
         bad = bad_input_phase(server, images, expected, spec["limits"])
         alive = server.alive()
     print_table(bad)
+    large_rows = []
+    if args.large_side:  # a fresh server: its memory starts from the large images' own floor
+        large = [enlarged_png(p, args.large_side) for p in paths[:64]]
+        large_expected = served_top1(in_process, large)
+        with ModelServer(args.model, cwd=run_dir, env=env,
+                         log=run_dir / "serving_load_large.log") as server:  # fmt: skip
+            large_rows = [{"images": f"{args.large_side} x {args.large_side}",
+                           **load_phase(server, large, large_expected, size, args.clients,
+                                        args.requests, args.seconds)}
+                          for size in (1, max(args.sizes))]  # fmt: skip
+        print_table(large_rows)
     by_size = {r["images_per_request"]: r for r in rows}
     summary = {
         "offline_images_per_second": round(offline, 2),
         "members": [m["name"] for m in spec["members"]],
-        "good_requests_all_correct": all(r["errors"] == r["wrong_answers"] == 0 for r in rows),
+        "good_requests_all_correct": all(
+            r["errors"] == r["wrong_answers"] == 0 for r in rows + large_rows
+        ),  # fmt: skip
         "bad_requests_all_4xx": all(r["refused_4xx"] and r["has_message"] for r in bad),
         "good_after_each_bad": all(r["next_good_correct"] for r in bad),
         "server_alive_after": alive,
@@ -277,8 +306,12 @@ def main() -> None:
         one = by_size[1]["peak_rss_mb"]
         summary["memory_ratio_largest_to_1"] = round(big["peak_rss_mb"] / one, 2)
         summary["served_to_offline_rate"] = round(big["images_per_second"] / offline, 2)
+    if large_rows:
+        summary["large_memory_ratio_largest_to_1"] = round(
+            large_rows[-1]["peak_rss_mb"] / large_rows[0]["peak_rss_mb"], 2
+        )
     print(json.dumps(summary, indent=1))
-    write_result(args.name, rows, summary=summary, bad_input=bad, model=args.model,
+    write_result(args.name, rows + large_rows, summary=summary, bad_input=bad, model=args.model,
                  run_dir=str(run_dir), clients=args.clients,
                  seconds_per_size=args.seconds)  # fmt: skip
 

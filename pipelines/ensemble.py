@@ -20,7 +20,7 @@ import yaml
 
 from noisytail.config import from_mapping, load_params
 from noisytail.config.params import load_checked_params
-from noisytail.config.test_time import TTAConfig
+from noisytail.config.test_time import TTAConfig, TuningConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
 from noisytail.members import ranked_on_val
@@ -51,7 +51,7 @@ def main() -> None:
     params = load_checked_params(args.params)
     tuned = load_params(args.tuned)["members"]
     scales = from_mapping(TTAConfig, params.get("test_time"), "test_time").scales
-    top = (params.get("tuning") or {}).get("top", 10)
+    top = from_mapping(TuningConfig, params.get("tuning"), "tuning").top
     manifest = read_manifest(PREPARED)
     counts = manifest.class_counts("train", "true_label" if manifest.fully_verified else "label")
     names = list(tuned)

@@ -1,5 +1,6 @@
 """DVC stage `register`: the tuned ensemble as an MLflow pyfunc model, a new version of
-`noisytail-ensemble` with the alias `champion`, tagged with each member's registered version.
+`noisytail-ensemble` with the alias `candidate`, tagged with each member's registered version.
+`serve_check` moves the alias `champion` onto it once the served model reproduces the pipeline.
 
     mlflow models serve -m models:/noisytail-ensemble@champion -h 127.0.0.1 -p 5001 \
         --env-manager local    # or virtualenv / uv: the model pins its environment
@@ -10,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from noisytail.config import ConfigError, from_mapping, load_params
 from noisytail.config.members import member_plan
 from noisytail.config.params import load_checked_params
 from noisytail.config.serving import ServingLimits
-from noisytail.config.test_time import TTAConfig
+from noisytail.config.test_time import TTAConfig, TuningConfig
 from noisytail.data.manifest import read_manifest
 from noisytail.errors import report_expected_errors
-from noisytail.serving.model import log_ensemble
+from noisytail.serving.model import ensemble_spec, log_ensemble
 from noisytail.serving.requirements import pinned_requirements
 from noisytail.tracking import OFF, RunTracker, tracking_uri
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tuned", default="tuned.yaml")
     parser.add_argument("--name", default="noisytail-ensemble")
-    parser.add_argument("--alias", default="champion")
+    parser.add_argument("--alias", default="candidate")
     parser.add_argument("--out", default="metrics/registered.json")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
@@ -40,15 +40,12 @@ def main() -> None:
     params = load_checked_params(args.params)
     tuned = load_params(args.tuned)["members"]
     tta = from_mapping(TTAConfig, params.get("test_time"), "test_time")
-    spec = {
-        "members": [{"name": m, **{k: tuned[m][k] for k in ("tau", "scale", "mode", "weight")},
-                     "mixed_precision": member_plan(params, m).steps["full"].mixed_precision}
-                    for m in tuned],
-        "classes": list(read_manifest(PREPARED).classes),
-        "top": (params.get("tuning") or {}).get("top", 10),
-        "view_top_k": tta.top_k,
-        "limits": asdict(ServingLimits.from_mapping((params.get("serving") or {}).get("limits"))),
-    }  # fmt: skip
+    tuning = from_mapping(TuningConfig, params.get("tuning"), "tuning")
+    members = [{"name": m, **tuned[m],
+                "mixed_precision": member_plan(params, m).steps["full"].mixed_precision}
+               for m in tuned]  # fmt: skip
+    limits = ServingLimits.from_mapping((params.get("serving") or {}).get("limits"))
+    spec = ensemble_spec(members, read_manifest(PREPARED).classes, tuning.top, tta.top_k, limits)
     dirs = {m: member_plan(params, m).step_dir("balance") for m in tuned}
     tracking = params.get("tracking") or {}
     if tracking_uri(tracking.get("uri", "")) == OFF:

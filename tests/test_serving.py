@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, save_image
-from PIL import Image
+from PIL import Image, ImageFile
 
 from noisytail.config import ConfigError
 from noisytail.config.model import ModelConfig
@@ -25,17 +25,20 @@ from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest
 from noisytail.models.network import build_network, save_network
 from noisytail.serving.inputs import RequestError, decode_image, request_images
+from noisytail.serving.model import ensemble_spec
 from noisytail.serving.predictor import EnsemblePredictor
-from noisytail.serving.requirements import pinned_requirements
+from noisytail.serving.requirements import BOOTSTRAP, pinned_requirements
 from noisytail.test_time.ensemble import ensemble_top_k
 from noisytail.test_time.scoring import member_top_k
 from noisytail.test_time.views import enlarged_transform, predict_views
 
 CLASSES = ("bag", "boot", "coat", "dress", "shirt", "sock")
 MEMBERS = [
-    {"name": "colour", "tau": None, "scale": 1.0, "mode": "none", "weight": 0.6},
-    {"name": "grey", "tau": 0.7, "scale": 1.5, "mode": "ten_crop", "weight": 0.4},
-]
+    {"name": "colour", "tau": None, "scale": 1.0, "mode": "none", "weight": 0.6,
+     "mixed_precision": "no"},
+    {"name": "grey", "tau": 0.7, "scale": 1.5, "mode": "ten_crop", "weight": 0.4,
+     "mixed_precision": "no"},
+]  # fmt: skip
 
 
 def png(size=(20, 20), seed=0, mode="RGB") -> bytes:
@@ -64,13 +67,14 @@ def members(tmp_path_factory) -> Path:
     return root
 
 
-def spec(**limits) -> dict:
-    return {"members": MEMBERS, "classes": list(CLASSES), "top": 4, "view_top_k": 5,
-            "limits": limits}  # fmt: skip
+def spec(precision: str = "no", **limits) -> dict:
+    members = [{**m, "mixed_precision": precision} for m in MEMBERS]
+    return ensemble_spec(members, CLASSES, top=4, view_top_k=5, limits=ServingLimits(**limits))
 
 
-def predictor(members: Path, **limits) -> EnsemblePredictor:
-    return EnsemblePredictor(spec(**limits), {m["name"]: members / m["name"] for m in MEMBERS})
+def predictor(members: Path, precision: str = "no", **limits) -> EnsemblePredictor:
+    return EnsemblePredictor(spec(precision, **limits),
+                             {m["name"]: members / m["name"] for m in MEMBERS})  # fmt: skip
 
 
 def test_micro_batches_give_the_one_batch_answer(members):
@@ -81,26 +85,35 @@ def test_micro_batches_give_the_one_batch_answer(members):
     np.testing.assert_allclose(one_batch[1], batched[1], atol=1e-6)
 
 
-def test_served_lists_are_the_pipelines_cache_scored(members, tmp_path):
-    """Serving predicts as predict_views + member_top_k + ensemble_top_k did offline."""
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_served_lists_are_the_pipelines_cache_scored(members, tmp_path, precision):
+    """Serving predicts as predict_views + member_top_k + ensemble_top_k did offline, in the
+    precision the members were trained in (accelerate's on the CPU)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     paths = [save_image(tmp_path / f"{i}.png", (20, 20), seed=i) for i in range(5)]
     table = pd.DataFrame({"sample_id": range(5), "path": [p.name for p in paths],
                           "label": 0, "split": "test"})  # fmt: skip
     manifest = Manifest(table, CLASSES, tmp_path)
     lists = []
-    served = predictor(members)
+    served = predictor(members, precision)
+    AcceleratorState._reset_state(reset_partial_state=True)  # one precision per process, else
+    accelerator = Accelerator(cpu=True, mixed_precision=precision)
     for member, model, _, size, _ in served.members:
         channels = model.config.in_chans
         view = enlarged_transform(size, channels, served_view(model), member["scale"])
         dataset = ImageDataset.from_manifest(manifest, "test", view, channels=channels)
-        cache = predict_views(model, dataset, size, Accelerator(cpu=True), top_k=5, workers=0)
+        cache = predict_views(model, dataset, size, accelerator, top_k=5, workers=0)
         lists.append(member_top_k({f"{member['scale']:g}": cache}, member, 4))
     offline = ensemble_top_k(lists, [m["weight"] for m in MEMBERS], k=5, top=4)
     online = served.predict_files([p.read_bytes() for p in paths])
     assert np.array_equal(offline[0], online[0])
     np.testing.assert_allclose(offline[1], online[1], atol=1e-5)
+    if precision != "no":  # the precision was really used: fp32 answers differ
+        fp32 = predictor(members).predict_files([p.read_bytes() for p in paths])
+        assert np.abs(fp32[1] - online[1]).max() > 1e-5
+    AcceleratorState._reset_state(reset_partial_state=True)  # the next test's own choice
 
 
 def served_view(model):
@@ -113,17 +126,18 @@ def served_view(model):
     ("frame", "says"),
     [
         (pd.DataFrame({"picture": [b64(png())]}), "needs an 'image' column"),
-        (pd.DataFrame({"image": [], "path": []}), "needs an 'image' column"),
+        (pd.DataFrame({"image": [], "path": []}), "needs an 'image' column.*not both"),
         (pd.DataFrame({"image": []}), "no rows"),
         (pd.DataFrame({"image": [b64(png())] * 4}), "limits.max_images = 3"),
         (pd.DataFrame({"image": ["not base64!"]}), "row 0: 'image' is not valid base64"),
         (pd.DataFrame({"image": [b64(png()), ""]}), "row 1: 'image' must be non-empty"),
-        (pd.DataFrame({"image": [b64(png((200, 200)))]}), "limits.max_image_bytes = 5000"),
+        (pd.DataFrame({"image": [b64(png((45, 45)))]}), "limits.max_image_bytes = 5000"),
+        (pd.DataFrame({"image": [b64(png((30, 30)))] * 3}), "limits.max_request_bytes = 9000"),
         (pd.DataFrame({"path": ["/etc/passwd"]}), "reads no server-side paths"),
     ],
 )
 def test_each_malformed_request_is_refused_naming_the_rule(frame, says):
-    limits = ServingLimits(max_images=3, max_image_bytes=5000)
+    limits = ServingLimits(max_images=3, max_image_bytes=5000, max_request_bytes=9000)
     with pytest.raises(RequestError, match=says.replace("(", r"\(")):
         request_images(frame, limits)
 
@@ -133,7 +147,15 @@ def test_undecodable_and_oversized_images_are_refused(monkeypatch):
     with pytest.raises(RequestError, match="row 2: not a readable image"):
         decode_image(b"GIF89a but not really", limits, row=2)
     with pytest.raises(RequestError, match="not a readable image"):
-        decode_image(png()[:60], limits)  # truncated
+        decode_image(png()[:60], limits)  # truncated in the header
+    with pytest.raises(RequestError, match="not a readable image"):
+        decode_image(png()[:-100], limits)  # a whole header, truncated pixels
+    # crafted files make PIL's decoders raise more than OSError: every one is the client's
+    data = png()
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: (_ for _ in ()).throw(EOFError()))
+    with pytest.raises(RequestError, match="row 0: not a readable image \\(EOFError"):
+        decode_image(data, limits)
+    monkeypatch.undo()
     pcx = io.BytesIO()
     Image.new("RGB", (8, 8)).save(pcx, "PCX")  # PIL reads it; a manifest never holds one
     with pytest.raises(RequestError, match="not a readable image"):
@@ -174,11 +196,15 @@ def test_limits_are_checked_as_params():
 
 
 def test_the_environment_is_pinned_to_the_lock(tmp_path):
+    lock = (REPO / "requirements.lock").read_text().splitlines()
     pins = pinned_requirements("noisytail.serving.entry", REPO / "requirements.lock")
-    names = {p.split("==")[0].lower() for p in pins}
+    names = {p.split("==")[0].lower().replace("_", "-") for p in pins}
     assert {"torch", "torchvision", "timm", "albumentations", "pillow", "numpy", "pandas",
             "accelerate", "pyarrow", "safetensors", "mlflow"} <= names  # fmt: skip
-    assert "torch==2.14.1" in pins and all("==" in p for p in pins)
+    # what those need is pinned too (timm's huggingface_hub, albumentations' scipy), never pip
+    assert {"huggingface-hub", "scipy", "pydantic"} <= names and not names & BOOTSTRAP
+    torch_pin = next(line for line in lock if line.startswith("torch=="))
+    assert torch_pin in pins and all("==" in p for p in pins)
     drifted = tmp_path / "requirements.lock"  # the lock moved on, the environment did not
     text = (REPO / "requirements.lock").read_text()
     drifted.write_text(text.replace("timm==", "timm==0.0.1  # was "))
@@ -199,7 +225,8 @@ def registered(members, tmp_path_factory):
     mlflow.set_experiment("serving-test")
     requirements = pinned_requirements("noisytail.serving.entry", REPO / "requirements.lock")
     with mlflow.start_run():
-        version = log_ensemble(spec(max_images=8, micro_batch=4, max_pixels=1_000_000),
+        version = log_ensemble(spec(max_images=8, micro_batch=4, max_pixels=1_000_000,
+                                    max_image_bytes=50_000),
                                {m["name"]: members / m["name"] for m in MEMBERS},
                                "serving-test", "champion", {}, requirements)  # fmt: skip
     return {"uri": uri, "model": f"models:/serving-test/{version}", "store": store,
@@ -229,6 +256,32 @@ def test_the_registered_model_answers_and_refuses_as_a_client_error(registered, 
     assert set(registered["requirements"]) <= set(Path(requirements).read_text().split())
 
 
+def test_a_busy_model_answers_503_and_a_failure_500_without_a_trace(registered, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(registered["uri"])
+    model = mlflow.pyfunc.load_model(
+        registered["model"], model_config={"concurrent_requests": 1, "wait_seconds": 1}
+    )
+    inner = model.unwrap_python_model()
+    request = pd.DataFrame({"image": [b64(png())]})
+    inner.running.acquire()  # another request is being predicted
+    with pytest.raises(MlflowException, match="busy.*limits.wait_seconds = 1") as busy:
+        model.predict(request)
+    assert busy.value.get_http_status_code() == 503
+    inner.running.release()
+    assert len(model.predict(request)) == 1  # its turn came back
+    monkeypatch.setattr(inner.predictor, "predict_files",
+                        lambda files: (_ for _ in ()).throw(RuntimeError("a bug")))  # fmt: skip
+    with pytest.raises(MlflowException) as failed:
+        model.predict(request)
+    assert failed.value.get_http_status_code() == 500
+    assert "a bug" not in failed.value.message and "Traceback" not in failed.value.message
+    monkeypatch.undo()
+    assert len(model.predict(request)) == 1  # a failure gave its turn back
+
+
 def test_the_real_server_refuses_bad_requests_and_keeps_serving(registered, tmp_path):
     from noisytail.serving.server import ModelServer, image_request
 
@@ -250,8 +303,14 @@ def test_the_real_server_refuses_bad_requests_and_keeps_serving(registered, tmp_
         ).encode(),
         "too many images": image_request(good * 3),
         "too many pixels": image_request([white.getvalue()]),
+        "too many bytes": image_request([png((200, 200))]),
+        "truncated pixels": image_request([good[0][:-100]]),
         "not JSON": b"{",
     }
+    names = {"too many images": "limits.max_images = 8", "too many pixels": "limits.max_pixels",
+             "too many bytes": "limits.max_image_bytes = 50000",
+             "not an image": "not a readable image", "truncated pixels": "not a readable image",
+             "server path": "reads no server-side paths"}  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
     with ModelServer(registered["model"], env=env, log=tmp_path / "server.log") as server:
         expected = server.predict(good)
@@ -259,6 +318,7 @@ def test_the_real_server_refuses_bad_requests_and_keeps_serving(registered, tmp_
             status, answer = server.post(body)
             assert 400 <= status < 500, (kind, status, answer)
             assert answer.get("message") and "Traceback" not in json.dumps(answer), kind
+            assert names.get(kind, "") in answer["message"], (kind, answer["message"][:300])
             assert server.predict(good) == expected, f"after {kind}"
 
 
@@ -267,6 +327,7 @@ def test_noisytail_predict_streams_a_folder_into_a_csv(registered, tmp_path):
     for i in range(11):
         save_image(folder / f"{i // 4}" / f"{i:02d}.png", (20, 20), seed=i)
     (folder / "2" / "broken.png").write_bytes(b"not an image")
+    (folder / "2" / "link.png").symlink_to(save_image(tmp_path / "elsewhere.png"))
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
     out = tmp_path / "predictions.csv"
     result = subprocess.run(
@@ -275,11 +336,13 @@ def test_noisytail_predict_streams_a_folder_into_a_csv(registered, tmp_path):
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert "1 file(s) refused" in result.stdout
+    assert "2 file(s) refused" in result.stdout
     table = pd.read_csv(out, keep_default_na=False)
-    assert len(table) == 12 and table["path"].is_monotonic_increasing
+    assert len(table) == 13 and table["path"].is_monotonic_increasing
     broken = table[table["path"].str.endswith("broken.png")]
     assert broken["error"].str.contains("not a readable image").all()
+    link = table[table["path"].str.endswith("link.png")]  # a link out of the folder: not read
+    assert link["error"].str.contains("outside the allowed root").all()
     fine = table[table["error"] == ""]
     assert len(fine) == 11 and set(fine["class_1"]) <= set(CLASSES)
     assert (fine["prob_1"] >= fine["prob_2"]).all()

@@ -17,10 +17,12 @@ class ServingLimits:
     """Each limit is checked before the work it bounds (see ``serving.inputs``)."""
 
     max_images: int = 64  # rows of one request
+    max_request_bytes: int = 64_000_000  # the request's image files together, as base64 text
     max_image_bytes: int = 10_000_000  # one image file, after base64 decoding
     max_pixels: int = 40_000_000  # width x height from the header (about 6,300 x 6,300)
     micro_batch: int = 16  # images decoded and predicted at once (bounds pixels, activations)
-    concurrent_requests: int = 2  # predicted at once (the server runs each in a thread)
+    concurrent_requests: int = 2  # decoded and predicted at once (the server runs each in a
+    wait_seconds: int = 30  # thread); a request waits this long for its turn, then a 503
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -4,7 +4,8 @@ A served model faces clients it does not know. Each image arrives as base64 text
 file's bytes (the ``image`` column); server-side paths (``path``) are read only when the model
 was loaded with an explicit root (``model_config={"path_root": ...}``, as ``noisytail predict``
 does), never in the registered model as served. Every limit is checked at the cheapest point:
-images per request before anything else, bytes per image before decoding base64's output, pixels
+images per request and their base64 text together before anything else, bytes per image before
+decoding base64's output, pixels
 per image from the file's header before its pixels are decoded (PIL's own bomb check, which only
 warns below 179 megapixels, becomes an error). A violation is a ``RequestError`` naming the row
 and the limit; the server answers it as a client error and keeps serving.
@@ -19,9 +20,13 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from noisytail.config.serving import ServingLimits
+
+# PIL only warns between MAX_IMAGE_PIXELS and twice that; open_image refuses those images as an
+# error instead. Set once here: warnings.catch_warnings per request is not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class RequestError(ValueError):
@@ -37,12 +42,18 @@ def request_images(
         wanted = "an 'image' column (base64 of image file bytes)"
         if path_root is not None:
             wanted += " or a 'path' column"
-        raise RequestError(f"the request needs {wanted}; it has {list(frame.columns)}")
+        # (the server drops columns its signature does not name: what was sent is not known)
+        raise RequestError(f"the request needs {wanted}" + (", not both" if columns else ""))
     if len(frame) == 0:
         raise RequestError("the request holds no rows")
     if len(frame) > limits.max_images:
         raise RequestError(f"the request holds {len(frame)} images; the limit is "
                            f"limits.max_images = {limits.max_images}")  # fmt: skip
+    if columns[0] == "image":
+        text = sum(len(v) for v in frame["image"] if isinstance(v, str))
+        if text > (most := limits.max_request_bytes):
+            raise RequestError(f"the request's images are {text} bytes of base64; the limit "
+                               f"is limits.max_request_bytes = {most}")  # fmt: skip
     if columns[0] == "path":
         if path_root is None:
             raise RequestError("this model reads no server-side paths: send the image bytes "
@@ -99,14 +110,12 @@ def open_image(raw: bytes, limits: ServingLimits, row: int = 0) -> Image.Image:
     """The image of a file's bytes, opened (its header read, no pixel decoded) and checked:
     a known format, at most ``max_pixels`` and PIL's ``MAX_IMAGE_PIXELS``."""
     try:
-        with warnings.catch_warnings():  # the limit below says it, as an error
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw), formats=FORMATS)
+        image = Image.open(io.BytesIO(raw), formats=FORMATS)
     except Image.DecompressionBombError as error:  # over twice PIL's limit: refused at open
         raise RequestError(f"row {row}: refused as a decompression bomb ({error})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        # PIL raises these for truncated, corrupt or non-image bytes
-        raise RequestError(f"row {row}: not a readable image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - crafted bytes make PIL's parsers raise
+        # anything (OSError, SyntaxError, EOFError, struct.error, IndexError, ...): the client's
+        raise RequestError(f"row {row}: not a readable image ({_short(error)})") from None
     width, height = image.size
     if width * height > limits.max_pixels:
         image.close()
@@ -132,6 +141,10 @@ def decode_image(raw: bytes, limits: ServingLimits, row: int = 0) -> Image.Image
     with open_image(raw, limits, row) as image:
         try:
             image.load()
-        except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt pixels
-            raise RequestError(f"row {row}: not a readable image ({error})") from None
+        except Exception as error:  # noqa: BLE001 - truncated or corrupt pixels, as above
+            raise RequestError(f"row {row}: not a readable image ({_short(error)})") from None
         return image.copy()
+
+
+def _short(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"

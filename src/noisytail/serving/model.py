@@ -12,7 +12,8 @@ them); a ``path`` column only where the model was loaded with
 ``model_config={"path_root": <folder>}``. ``model_config`` may also set ``torch_threads`` and
 override any of ``limits`` (``config.serving.ServingLimits``). Output: per image the top-5
 classes and probabilities. A refused request is an MLflow ``INVALID_PARAMETER_VALUE`` error
-(HTTP 400) whose message names the row and the limit, with no stack trace.
+(HTTP 400) whose message names the row and the limit, with no stack trace; a request that
+waits over ``limits.wait_seconds`` for one of the ``concurrent_requests`` turns is a 503.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ import mlflow
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    TEMPORARILY_UNAVAILABLE,
+)
 
 from noisytail.config.serving import ServingLimits
 from noisytail.serving.inputs import RequestError, check_images, request_images
@@ -60,11 +65,18 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         self.running = threading.BoundedSemaphore(limits.concurrent_requests)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        limits = self.predictor.limits
+        # The server runs each request in a thread (MLflow has parsed its JSON by then): the
+        # decoded bytes, pixels and activations are held by at most concurrent_requests at once.
+        if not self.running.acquire(timeout=limits.wait_seconds):
+            raise MlflowException(f"the server is busy: {limits.concurrent_requests} requests "
+                                  f"are being predicted and this one waited limits.wait_seconds "
+                                  f"= {limits.wait_seconds}; retry later",
+                                  error_code=TEMPORARILY_UNAVAILABLE)  # fmt: skip
         try:
-            files = request_images(model_input, self.predictor.limits, self.path_root)
-            check_images(files, self.predictor.limits)
-            with self.running:  # the server runs each request in a thread: memory is bounded by
-                return self.predictor.frame(*self.predictor.predict_files(files))  # this many
+            files = request_images(model_input, limits, self.path_root)
+            check_images(files, limits)
+            return self.predictor.frame(*self.predictor.predict_files(files))
         except RequestError as error:  # the client's: say what to change, no stack trace
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
         except Exception:  # the server's: logged here in full, a short answer to the client
@@ -73,6 +85,27 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
                 "the model failed on this request; the server log has the details",
                 error_code=INTERNAL_ERROR,
             ) from None
+        finally:
+            self.running.release()
+
+
+MEMBER_KEYS = ("name", "tau", "scale", "mode", "weight", "mixed_precision")
+
+
+def ensemble_spec(
+    members: Sequence[Mapping], classes: Sequence[str], top: int, view_top_k: int,
+    limits: ServingLimits,
+) -> dict:  # fmt: skip
+    """The ``ensemble.json`` a served model reads: per member its name, tau (None: as trained),
+    TTA scale and mode, weight and training precision; the class names; each member's ``top``
+    entering the average; the per-view top-K its tuning cache held; the request limits."""
+    for member in members:
+        missing = [k for k in MEMBER_KEYS if k not in member]
+        if missing:
+            raise ValueError(f"ensemble member {member.get('name', '?')}: no {', '.join(missing)}")
+    return {"members": [{k: m[k] for k in MEMBER_KEYS} for m in members],
+            "classes": list(classes), "top": int(top), "view_top_k": int(view_top_k),
+            "limits": asdict(limits)}  # fmt: skip
 
 
 def log_ensemble(

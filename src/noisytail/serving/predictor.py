@@ -4,8 +4,10 @@ Each member sees an image as in ``pipelines/predict_views.py``: converted to its
 enlarged evaluation view at its tuned scale, ten crops, the top-K bias-free logits with the
 as-trained top-1 kept in the list (``test_time.views.keep_trained_top1``), at the precision its
 training used; then tau, the TTA mode and the weighted top-10 average. Images go through in
-micro-batches of ``limits.micro_batch``, decoded only when their batch comes, so memory is set
-by the micro-batch (the request's file bytes are held whole, bounded by its limits).
+micro-batches of ``limits.micro_batch``, and each is decoded only when its turn comes and
+dropped once every member's views of it are made: one decoded image is held at a time (a 40 MP
+photo is 120 MB in RGB), the micro-batch's views and activations beside it (the request's file
+bytes are held whole, bounded by its limits).
 """
 
 from __future__ import annotations
@@ -52,14 +54,22 @@ class EnsemblePredictor:
             transform = enlarged_transform(size, model.config.in_chans, view, member["scale"])
             self.members.append((member, model.eval(), transform, size, classifier_terms(model)))
 
-    def member_lists(self, images: Sequence[Image.Image]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def member_views(self, images: Iterable[Image.Image]) -> list[torch.Tensor]:
+        """Per member, its enlarged evaluation views of ``images``, one image decoded at a time."""
+        views = [[] for _ in self.members]
+        for image in images:
+            for slot, (_, model, transform, *_) in zip(views, self.members, strict=True):
+                array = np.asarray(image.convert("L" if model.config.in_chans == 1 else "RGB"))
+                array = array[..., None] if array.ndim == 2 else array
+                slot.append(transform(image=array)["image"])
+            del image, array  # the next image is decoded only after this one is let go
+        return [torch.stack(slot) for slot in views]
+
+    def member_lists(self, images: Iterable[Image.Image]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per member, its top-``top`` classes and probabilities of ``images`` (one batch)."""
         lists = []
-        for member, model, transform, size, terms in self.members:
-            mode = "L" if model.config.in_chans == 1 else "RGB"
-            arrays = [np.asarray(image.convert(mode)) for image in images]
-            batch = torch.stack([transform(image=a[..., None] if a.ndim == 2 else a)["image"]
-                                 for a in arrays])  # fmt: skip
+        for batch, (member, model, _, size, terms) in zip(self.member_views(images), self.members,
+                                                          strict=True):  # fmt: skip
             dtype = AUTOCAST[member.get("mixed_precision", "no")]
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 raw = view_logits(model, batch, size)
@@ -88,7 +98,7 @@ class EnsemblePredictor:
         indices, probs = [], []
         for start in range(0, len(items), self.limits.micro_batch):
             chunk = items[start : start + self.limits.micro_batch]
-            images = [to_image(item, start + i) for i, item in enumerate(chunk)]
+            images = (to_image(item, start + i) for i, item in enumerate(chunk))  # lazily
             index, prob = ensemble_top_k(self.member_lists(images), weights, k=k,
                                          top=self.spec["top"])  # fmt: skip
             indices.append(index)

@@ -19,6 +19,10 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+# The server is on 127.0.0.1: never through an http_proxy the environment names (urllib's default
+# honours it where no_proxy does not list 127.0.0.1).
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -70,7 +74,7 @@ class ModelServer:
 
     def alive(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as response:
+            with DIRECT.open(f"{self.url}/ping", timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
@@ -80,7 +84,7 @@ class ModelServer:
         request = urllib.request.Request(f"{self.url}/invocations", body,
                                          {"Content-Type": "application/json"})  # fmt: skip
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with DIRECT.open(request, timeout=timeout) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             text = error.read().decode(errors="replace")
