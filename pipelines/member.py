@@ -4,7 +4,8 @@
 
 The member's spec (`members.<name>` in params.yaml, resolved by noisytail.members) names its
 round's cleaned data, its model and its settings; each step starts from the previous step's
-model and resumes from its last epoch checkpoint when re-run. MLflow: a run per member (opened
+model (balance: from hires', or from full's where hires made val worse) and resumes from its
+last epoch checkpoint when re-run. MLflow: a run per member (opened
 by the full step) with a nested run per step; the balance step registers the member's final
 model as a version of `noisytail-<member>`.
 """
@@ -24,6 +25,7 @@ from noisytail.prediction import evaluate_splits, model_view
 from noisytail.tracking import RunTracker, git_commit
 from noisytail.training.engine import make_accelerator
 from noisytail.training.recipes import claim_recipe_dir, recipe_fingerprint, run_tracked_recipe
+from noisytail.training.step_gate import balance_start
 
 PREPARED = "data/prepared/manifest.parquet"  # val and test: every member scored on the same rows
 
@@ -37,8 +39,13 @@ def main() -> None:
 
     params = load_checked_params(args.params)
     plan = member_plan(params, args.member)
-    step, config = args.step, plan.steps[args.step]
-    recipe = plan.recipe(step)
+    step, start, chosen_by = args.step, None, {}
+    if step == "balance":  # on val: a step that made val worse is not built on
+        start, chosen_by = balance_start(plan)
+        print(f"{plan.name}/balance starts from {start} (val MCE full {chosen_by['full']:.2f}, "
+              f"hires {chosen_by['hires']:.2f})")  # fmt: skip
+    config = plan.step_config(step, start)
+    recipe = plan.recipe(step, start=start)
     manifest = read_manifest(plan.manifest_path, required_splits=("train", "val"))
     out = plan.step_dir(step)
 
@@ -76,8 +83,9 @@ def main() -> None:
     if main_process:
         path = plan.metrics_path(step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"member": plan.name, "step": step, "recipe": recipe.name,
-                                    "image_size": size, **metrics}, indent=1))  # fmt: skip
+        started = {"start": start, "start_chosen_by_val": chosen_by} if start else {}
+        record = {"member": plan.name, "step": step, "recipe": recipe.name, "image_size": size}
+        path.write_text(json.dumps({**record, **started, **metrics}, indent=1))
         nan = float("nan")  # no few-shot classes: no few-shot accuracy
         print(f"{plan.name}/{step}: " + ", ".join(
             f"{split} MCE {m['mean_class_error']:.2f} (few {m.get('few_accuracy', nan):.1f})"

@@ -1,5 +1,6 @@
 """Member specs: fall-backs, errors before any work, the step chain, the summary."""
 
+import json
 import re
 
 import pytest
@@ -10,6 +11,7 @@ from noisytail.config import ConfigError
 from noisytail.config.members import member_plan
 from noisytail.config.params import check_params
 from noisytail.members import members_summary
+from noisytail.training.step_gate import balance_start
 
 ROUNDS = [
     {"round": 1, "input": "data/prepared", "output": "data/clean/round_1"},
@@ -127,3 +129,32 @@ def test_summary_picks_the_best_member_on_val_and_the_smallest_few_gain():
     assert summary["best_member_test_mean_class_error"] == 27
     assert summary["few_accuracy_gain"] == {"a": 8, "b": -1}
     assert summary["few_accuracy_gain_min"] == -1
+    rows[-1]["start"] = "full"  # b's balance started from its full model: the gain is over it
+    assert members_summary(rows)["few_accuracy_gain"]["b"] == 4
+
+
+@pytest.mark.parametrize(("full", "hires", "start"), [(30, 28, "hires"), (30, 30, "hires"),
+                                                      (30, 31.5, "full")])  # fmt: skip
+def test_balance_starts_from_hires_unless_it_made_val_worse(tmp_path, full, hires, start):
+    plan = member_plan(with_members(m={"round": 1}), "m")
+    for step, error in (("full", full), ("hires", hires)):
+        path = plan.metrics_path(step, tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"val": {"mean_class_error": error},
+                                    "test": {"mean_class_error": 0.0}}))  # fmt: skip
+    chosen, errors = balance_start(plan, tmp_path)
+    assert chosen == start and errors == {"full": full, "hires": hires}
+    recipe = plan.recipe("balance", start=chosen)
+    assert recipe.init_from == f"models/members/m/{start}/model.safetensors"
+    # balance trains at its start's size (full 32, hires 48) unless a size is given for it
+    assert plan.step_config("balance", chosen).image_size == {"full": 32, "hires": 48}[start]
+    sized = member_plan(with_members(m={"round": 1, "balance": {"image_size": 40}}), "m")
+    assert sized.step_config("balance", chosen).image_size == 40
+
+
+def test_balance_start_needs_both_steps_metrics(tmp_path):
+    plan = member_plan(with_members(m={"round": 1}), "m")
+    with pytest.raises(FileNotFoundError, match="m/full.json is missing"):
+        balance_start(plan, tmp_path)
+    with pytest.raises(ConfigError, match="cannot start from balance"):
+        plan.recipe("hires", start="balance")

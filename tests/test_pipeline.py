@@ -132,13 +132,14 @@ def test_dvc_repro_runs_the_rounds_and_a_second_repro_is_a_no_op(project):
     second = run([*dvc, "repro"], root, env)
     assert "Data and pipelines are up to date" in second.stdout
 
-    # A change to one member re-runs that member's three steps and the side-by-side report only.
+    # A change to one member re-runs that member's three steps, the side-by-side report and the
+    # stages that read every member's spec (tune; register and serve_check: its precision).
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["members"]["vit_r1"]["seed"] = 5
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = set(json.loads(run([*dvc, "status", "--json"], root, env).stdout))
     assert status == {"member_full@vit_r1", "member_hires@vit_r1", "member_balance@vit_r1",
-                      "members", "tune"}  # fmt: skip
+                      "members", "tune", "register", "serve_check"}  # fmt: skip
     params["members"]["vit_r1"]["seed"] = QUICK["members"]["vit_r1"]["seed"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -176,8 +177,17 @@ def check_members(root, env):
     MLflow runs nest members -> member -> step; each final model is a registered version."""
     prepared = read_manifest(root / "data/prepared/manifest.parquet")
     for name, spec in QUICK["members"].items():
-        for step, size in (("full", 32), ("hires", 40), ("balance", 40)):
-            metrics = json.loads((root / f"metrics/members/{name}/{step}.json").read_text())
+        scored = {s: json.loads((root / f"metrics/members/{name}/{s}.json").read_text())
+                  for s in ("full", "hires", "balance")}  # fmt: skip
+        # balance starts from hires unless hires made val worse (then from full, at its size)
+        val = {s: scored[s]["val"]["mean_class_error"] for s in ("full", "hires")}
+        start = "full" if val["hires"] > val["full"] else "hires"
+        assert (
+            scored["balance"]["start"] == start and scored["balance"]["start_chosen_by_val"] == val
+        )
+        sizes = {"full": 32, "hires": 40}
+        for step, size in (*sizes.items(), ("balance", sizes[start])):
+            metrics = scored[step]
             model, _ = load_network(root / f"models/members/{name}/{step}/model.safetensors")
             assert metrics["image_size"] == size and model.view["image_size"] == size
             again = evaluate_split(model, prepared, "test", size, Accelerator(cpu=True))
@@ -186,9 +196,8 @@ def check_members(root, env):
             )
         done = json.loads((root / f"models/members/{name}/balance/done.json").read_text())
         recipe = "balanced_subset" if "balance" in spec else "crt"
-        assert json.loads((root / f"metrics/members/{name}/balance.json").read_text())[
-            "recipe"] == recipe  # fmt: skip
-        assert done["config"]["image_size"] == 40
+        assert scored["balance"]["recipe"] == recipe
+        assert done["config"]["image_size"] == sizes[start]
     summary = json.loads((root / "metrics/members_summary.json").read_text())
     assert summary["members"] == 2 and len(pd.read_csv(root / "metrics/members.csv")) == 6
     best = json.loads((root / "metrics/members.json").read_text())  # the DVC metric

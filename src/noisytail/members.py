@@ -26,7 +26,9 @@ def read_member_metrics(names: list[str], root: Path = METRICS_ROOT) -> list[dic
                 raise FileNotFoundError(f"{path} is missing: has member {name}'s {step} step run?")
             found = json.loads(path.read_text())
             row = {"member": name, "step": step, "recipe": found["recipe"],
-                   "image_size": found["image_size"]}  # fmt: skip
+                   "image_size": found["image_size"],
+                   "start": found.get("start", STEPS[STEPS.index(step) - 1] if step != "full"
+                                      else "")}  # fmt: skip
             for split in ("val", "test"):  # data without a test split: val only
                 row.update({f"{split}_{k}": v for k, v in found.get(split, {}).items()})
             rows.append(row)
@@ -35,14 +37,15 @@ def read_member_metrics(names: list[str], root: Path = METRICS_ROOT) -> list[dic
 
 def members_summary(rows: list[dict]) -> dict:
     """The final step of each member, the best of them (chosen on val, reported on test) and
-    the smallest few-class accuracy gain of the balance step over the step before it."""
+    the smallest few-class accuracy gain of the balance step over the model it started from."""
     by_step = {(r["member"], r["step"]): r for r in rows}
     members = sorted({r["member"] for r in rows})
     final = {m: by_step[m, STEPS[-1]] for m in members}
     best = ranked_on_val({m: final[m]["val_mean_class_error"] for m in members})[0]
     nan = float("nan")  # no few-shot classes: no gain to report
     gains = {m: final[m].get("test_few_accuracy", nan)
-             - by_step[m, STEPS[-2]].get("test_few_accuracy", nan) for m in members}  # fmt: skip
+             - by_step[m, final[m].get("start") or STEPS[-2]].get("test_few_accuracy", nan)
+             for m in members}  # fmt: skip
     return {
         "members": len(members),
         "best_member": best,

@@ -3,15 +3,17 @@
     full     on a cleaned round's manifest (instance-balanced by default)
     hires    from full's weights: larger input, few epochs, small learning rate (FixRes, progressive
              resizing: the seed went 256 -> 384)
-    balance  from hires' weights: ``crt`` re-trains the classifier with class-balanced sampling
-             (Kang et al., 2020); ``balanced_subset`` fine-tunes the classifier (or everything) on
-             the ``per_class`` most confident samples of each class (the seed: 30)
+    balance  from hires' weights, or from full's where hires made val worse (a step that makes
+             val worse is not built on: ``members.balance_start``): ``crt`` re-trains the
+             classifier with class-balanced sampling (Kang et al., 2020); ``balanced_subset``
+             fine-tunes the classifier (or everything) on the ``per_class`` most confident
+             samples of each class (the seed: 30)
 
 A member gives only what makes it differ; every other key falls back to the top-level sections:
 
     full     train  <- member.train
     hires    train  <- member.train <- hires <- member.hires
-    balance  train  <- member.train <- {image_size: the hires size} <- crt <- member.balance
+    balance  train  <- member.train <- {image_size: its start's size} <- crt <- member.balance
 
 (``model`` and ``augment`` likewise, ``seed`` to the top-level seed.) Members are a mapping keyed
 by name rather than a list: DVC tracks ``members.<name>`` as one parameter, so changing one
@@ -23,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ class MemberPlan:
     balance: str  # crt | balanced_subset
     per_class: int  # balanced_subset: samples per class
     finetune: str  # balanced_subset: classifier | all
+    balance_size_given: bool = False  # crt / member.balance set image_size (else: the start's)
 
     @property
     def manifest_path(self) -> Path:
@@ -76,17 +79,30 @@ class MemberPlan:
     def metrics_path(self, step: str, root: Path = METRICS_ROOT) -> Path:
         return root / self.name / f"{step}.json"
 
-    def recipe(self, step: str, models_root: Path = MODELS_ROOT) -> RecipeConfig:
-        """The training recipe of ``step``; each step starts from the previous step's model."""
+    def recipe(
+        self, step: str, models_root: Path = MODELS_ROOT, start: str | None = None
+    ) -> RecipeConfig:
+        """The training recipe of ``step``; it starts from ``start``'s model (default: the step
+        before it)."""
         check_choice("step", step, STEPS)
         if step == "full":
             return RecipeConfig("full")
-        previous = STEPS[STEPS.index(step) - 1]
-        init = str(self.step_dir(previous, models_root) / "model.safetensors")
+        start = start or STEPS[STEPS.index(step) - 1]
+        if STEPS.index(start) >= STEPS.index(step):
+            raise ConfigError(f"the {step} step cannot start from {start}'s model")
+        init = str(self.step_dir(start, models_root) / "model.safetensors")
         if step == "hires":
             return RecipeConfig("hires", init)
         return RecipeConfig(self.balance, init, self.per_class, str(self.confidences_path),
                             self.finetune)  # fmt: skip
+
+    def step_config(self, step: str, start: str | None = None) -> TrainConfig:
+        """The training settings of ``step`` started from ``start``: balance keeps the image
+        size of the model it starts from unless one is given for it."""
+        config = self.steps[step]
+        if step == "balance" and start is not None and not self.balance_size_given:
+            return replace(config, image_size=self.steps[start].image_size)
+        return config
 
     def digest(self) -> str:
         """A short hash of every resolved setting (tags the registered model version)."""
@@ -148,6 +164,7 @@ def member_plan(params: Mapping[str, Any], name: str) -> MemberPlan:
         model=from_mapping(ModelConfig, model, f"{where}.model"),
         augment=AugmentConfig.from_params(augment), steps=steps,
         balance=method, per_class=per_class, finetune=finetune,
+        balance_size_given="image_size" in {**(params.get("crt") or {}), **balance_spec},
     )  # fmt: skip
 
 
