@@ -46,7 +46,7 @@ def main() -> None:
     check_classes(classes, manifest, str(weights))
     size, view = model_view(model)
     channels = model.config.in_chans
-    accelerator = make_accelerator(TrainConfig(mixed_precision=plan.steps["full"].mixed_precision))
+    accelerator = make_accelerator(TrainConfig(mixed_precision=plan.precision))
     out = Path(args.out) / plan.name
     out.mkdir(parents=True, exist_ok=True)
     present = [s for s in ("val", "test") if (manifest.table["split"] == s).any()]

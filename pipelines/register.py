@@ -42,7 +42,7 @@ def main() -> None:
     tta = from_mapping(TTAConfig, params.get("test_time"), "test_time")
     tuning = from_mapping(TuningConfig, params.get("tuning"), "tuning")
     members = [{"name": m, **tuned[m],
-                "mixed_precision": member_plan(params, m).steps["full"].mixed_precision}
+                "mixed_precision": member_plan(params, m).precision}
                for m in tuned]  # fmt: skip
     limits = ServingLimits.from_mapping((params.get("serving") or {}).get("limits"))
     spec = ensemble_spec(members, read_manifest(PREPARED).classes, tuning.top, tta.top_k, limits)

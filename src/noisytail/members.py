@@ -28,7 +28,7 @@ def read_member_metrics(names: list[str], root: Path = METRICS_ROOT) -> list[dic
             row = {"member": name, "step": step, "recipe": found["recipe"],
                    "image_size": found["image_size"],
                    "start": found.get("start", STEPS[STEPS.index(step) - 1] if step != "full"
-                                      else "")}  # fmt: skip
+                                      else None)}  # fmt: skip
             for split in ("val", "test"):  # data without a test split: val only
                 row.update({f"{split}_{k}": v for k, v in found.get(split, {}).items()})
             rows.append(row)

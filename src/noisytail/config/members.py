@@ -4,7 +4,7 @@
     hires    from full's weights: larger input, few epochs, small learning rate (FixRes, progressive
              resizing: the seed went 256 -> 384)
     balance  from hires' weights, or from full's where hires made val worse (a step that makes
-             val worse is not built on: ``members.balance_start``): ``crt`` re-trains the
+             val worse is not built on: ``training.step_gate``): ``crt`` re-trains the
              classifier with class-balanced sampling (Kang et al., 2020); ``balanced_subset``
              fine-tunes the classifier (or everything) on the ``per_class`` most confident
              samples of each class (the seed: 30)
@@ -95,6 +95,12 @@ class MemberPlan:
             return RecipeConfig("hires", init)
         return RecipeConfig(self.balance, init, self.per_class, str(self.confidences_path),
                             self.finetune)  # fmt: skip
+
+    @property
+    def precision(self) -> str:
+        """The precision the member trained in (``train.mixed_precision``): what its test-time
+        views and the served model run it in."""
+        return self.steps["full"].mixed_precision
 
     def step_config(self, step: str, start: str | None = None) -> TrainConfig:
         """The training settings of ``step`` started from ``start``: balance keeps the image
