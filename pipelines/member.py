@@ -98,7 +98,8 @@ def main() -> None:
         version = step_run.register(
             f"noisytail-{plan.name}", "model",
             {"dvc_round": str(plan.round), "git_commit": git_commit() or "",
-             "params_digest": plan.digest(), "member": plan.name},
+             "params_digest": plan.digest(start=start, config=asdict(config)),
+             "member": plan.name, "start": start or ""},
         )  # fmt: skip
         if version is not None:  # the version this run trained: what the ensemble ships
             registered = {"name": f"noisytail-{plan.name}", "version": version}

@@ -3,15 +3,18 @@ each test-time scale, cached as bias-free top-K logits (noisytail.test_time.view
 
     python pipelines/predict_views.py --member resnet18_r3
 
-Writes data/test_time/<member>/scale_<s>.npz, one per `test_time.scales`.
+Writes data/test_time/<member>/scale_<s>.npz, one per `test_time.scales`, and device.json (the
+device, precision and whether convolutions ran in TF32).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from noisytail.config import from_mapping
 from noisytail.config.members import member_plan
@@ -68,6 +71,12 @@ def main() -> None:
             np.savez(partial, split=np.concatenate(splits), **stack_caches(caches))
             partial.replace(path)
             print(f"{plan.name}: scale {scale:g}, ten {size} px views -> {path}")
+    if accelerator.is_main_process:  # how the views were computed: serve_check's tolerance
+        cuda = accelerator.device.type == "cuda"
+        (out / "device.json").write_text(json.dumps({
+            "device": accelerator.device.type, "precision": plan.precision,
+            "tf32": cuda and torch.backends.cudnn.allow_tf32,
+        }))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import asdict
 
 import pytest
 import yaml
@@ -150,6 +151,17 @@ def test_balance_starts_from_hires_unless_it_made_val_worse(tmp_path, full, hire
     assert plan.step_config("balance", chosen).image_size == {"full": 32, "hires": 48}[start]
     sized = member_plan(with_members(m={"round": 1, "balance": {"image_size": 40}}), "m")
     assert sized.step_config("balance", chosen).image_size == 40
+
+
+def test_the_registered_digest_tells_the_balance_start_and_size_apart():
+    plan = member_plan(with_members(m={"round": 1}), "m")
+    digests = {plan.digest(start=s, config=asdict(plan.step_config("balance", s)))
+               for s in ("full", "hires")}  # fmt: skip
+    assert len(digests | {plan.digest()}) == 3
+    assert plan.digest(start=None) == plan.digest()  # no start resolved: the plan's own
+    config = asdict(plan.step_config("balance", "full"))
+    assert plan.digest(start="full", config=config) != plan.digest(
+        start="full", config={**config, "image_size": 40})  # fmt: skip
 
 
 def test_balance_start_needs_both_steps_metrics(tmp_path):

@@ -272,6 +272,12 @@ def check_test_time(root, env):
     for name in QUICK["members"]:
         decision = tuned["decisions"][name]["tau"]
         assert decision["kept"] == (tuned["members"][name]["tau"] is not None)
+        moved = tuned["decisions"][name]
+        assert 0 <= moved["tau_moved_in"] <= 1 and 0 <= moved["tau_moved_in_at_tuned"] <= 1
+        if decision["kept"]:  # the tau used is the best trial's
+            assert moved["tau_moved_in"] == moved["tau_moved_in_at_tuned"]
+        else:
+            assert moved["tau_moved_in"] == 0
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     champion = mlflow.MlflowClient().get_model_version_by_alias("noisytail-ensemble", "champion")
@@ -292,6 +298,11 @@ def check_test_time(root, env):
     serving = json.loads((root / "metrics/serving.json").read_text())
     assert serving["images"] == min(QUICK["serving"]["parity_sample"], len(test))
     assert serving["reproduces_predictions"] and serving["same_top5"] == serving["images"]
+    # ... at the strict tolerance: every member's views were computed in fp32 on this CPU
+    for member in QUICK["members"]:
+        device = json.loads((root / "data/test_time" / member / "device.json").read_text())
+        assert device == {"device": "cpu", "precision": "no", "tf32": False}
+    assert serving["tolerance"] == 1e-4
 
 
 OUTPUTS = [

@@ -205,6 +205,15 @@ def test_the_environment_is_pinned_to_the_lock(tmp_path):
     assert {"huggingface-hub", "scipy", "pydantic"} <= names and not names & BOOTSTRAP
     torch_pin = next(line for line in lock if line.startswith("torch=="))
     assert torch_pin in pins and all("==" in p for p in pins)
+    # torch's CUDA wheels and triton keep their platform marker: the model installs on a Mac
+    from packaging.requirements import Requirement
+
+    conditional = {Requirement(p).name: Requirement(p).marker for p in pins if ";" in p}
+    assert {"triton", "nvidia-cudnn-cu13", "nvidia-cublas"} <= set(conditional)
+    mac = {"platform_system": "Darwin", "sys_platform": "darwin", "platform_machine": "arm64"}
+    assert not conditional["triton"].evaluate(mac)
+    assert not conditional["nvidia-cublas"].evaluate(mac)
+    assert all(m.evaluate() for m in conditional.values())  # and all install here
     drifted = tmp_path / "requirements.lock"  # the lock moved on, the environment did not
     text = (REPO / "requirements.lock").read_text()
     drifted.write_text(text.replace("timm==", "timm==0.0.1  # was "))
@@ -253,7 +262,8 @@ def test_the_registered_model_answers_and_refuses_as_a_client_error(registered, 
     with pytest.raises(MlflowException, match="limits.max_images = 2"):
         strict.predict(pd.DataFrame({"image": [b64(i) for i in images[:3]]}))
     requirements = mlflow.pyfunc.get_model_dependencies(registered["model"])
-    assert set(registered["requirements"]) <= set(Path(requirements).read_text().split())
+    written = {line.strip() for line in Path(requirements).read_text().splitlines()}
+    assert set(registered["requirements"]) <= written  # markers kept
 
 
 def test_a_busy_model_answers_503_and_a_failure_500_without_a_trace(registered, monkeypatch):
@@ -267,7 +277,7 @@ def test_a_busy_model_answers_503_and_a_failure_500_without_a_trace(registered, 
     inner = model.unwrap_python_model()
     request = pd.DataFrame({"image": [b64(png())]})
     inner.running.acquire()  # another request is being predicted
-    with pytest.raises(MlflowException, match="busy.*limits.wait_seconds = 1") as busy:
+    with pytest.raises(MlflowException, match="busy.*waited 1 s .limits.wait_seconds") as busy:
         model.predict(request)
     assert busy.value.get_http_status_code() == 503
     inner.running.release()
@@ -280,6 +290,19 @@ def test_a_busy_model_answers_503_and_a_failure_500_without_a_trace(registered, 
     assert "a bug" not in failed.value.message and "Traceback" not in failed.value.message
     monkeypatch.undo()
     assert len(model.predict(request)) == 1  # a failure gave its turn back
+
+
+def test_the_wait_for_a_turn_ends_before_the_servers_timeout(registered, monkeypatch):
+    """A 30 s wait under MLflow's 20 s request timeout would be a 504: the wait is cut to 10 s."""
+    import mlflow
+
+    mlflow.set_tracking_uri(registered["uri"])
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "20")
+    capped = mlflow.pyfunc.load_model(registered["model"], model_config={"wait_seconds": 30})
+    assert capped.unwrap_python_model().wait_seconds == 10
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "300")
+    kept = mlflow.pyfunc.load_model(registered["model"], model_config={"wait_seconds": 30})
+    assert kept.unwrap_python_model().wait_seconds == 30
 
 
 def test_the_real_server_refuses_bad_requests_and_keeps_serving(registered, tmp_path):
@@ -328,6 +351,10 @@ def test_noisytail_predict_streams_a_folder_into_a_csv(registered, tmp_path):
         save_image(folder / f"{i // 4}" / f"{i:02d}.png", (20, 20), seed=i)
     (folder / "2" / "broken.png").write_bytes(b"not an image")
     (folder / "2" / "link.png").symlink_to(save_image(tmp_path / "elsewhere.png"))
+    # folder links are not walked: one back into the folder (a loop), one out of it
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    save_image(tmp_path / "other" / "a.png")
+    (folder / "other").symlink_to(tmp_path / "other", target_is_directory=True)
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"]}
     out = tmp_path / "predictions.csv"
     result = subprocess.run(

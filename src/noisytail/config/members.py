@@ -110,9 +110,11 @@ class MemberPlan:
             return replace(config, image_size=self.steps[start].image_size)
         return config
 
-    def digest(self) -> str:
-        """A short hash of every resolved setting (tags the registered model version)."""
-        text = json.dumps(asdict(self), sort_keys=True, default=str)
+    def digest(self, **resolved: Any) -> str:
+        """A short hash of every resolved setting (tags the registered model version), with what
+        was only resolved at run time (``resolved``: the balance step's start and its config)."""
+        settings = {"plan": asdict(self), **{k: v for k, v in resolved.items() if v is not None}}
+        text = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

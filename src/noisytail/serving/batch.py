@@ -26,8 +26,8 @@ COLUMNS = ["path", *(f"{f}_{r}" for r in range(1, 6) for f in ("class", "prob"))
 
 
 def image_files(inputs: Sequence[str | os.PathLike]) -> Iterator[Path]:
-    """The files named, and every image file under the folders named, in sorted order, found
-    as they are needed."""
+    """The files named, and every image file under the folders named (links to folders not
+    followed), in sorted order, found as they are needed."""
     for item in map(Path, inputs):
         if not item.exists():
             raise FileNotFoundError(f"{item}: no such file or folder")
@@ -39,7 +39,7 @@ def _walk(folder: Path) -> Iterator[Path]:
     with os.scandir(folder) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
-        if entry.is_dir():
+        if entry.is_dir(follow_symlinks=False):  # a linked folder may loop or lead out
             yield from _walk(Path(entry.path))
         elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
             yield Path(entry.path)

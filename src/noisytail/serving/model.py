@@ -63,15 +63,17 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         dirs = {m["name"]: context.artifacts[f"member_{m['name']}"] for m in spec["members"]}
         self.predictor = EnsemblePredictor(spec, dirs, limits)
         self.running = threading.BoundedSemaphore(limits.concurrent_requests)
+        self.wait_seconds = turn_wait(limits.wait_seconds)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         limits = self.predictor.limits
         # The server runs each request in a thread (MLflow has parsed its JSON by then): the
         # decoded bytes, pixels and activations are held by at most concurrent_requests at once.
-        if not self.running.acquire(timeout=limits.wait_seconds):
+        if not self.running.acquire(timeout=self.wait_seconds):
             raise MlflowException(f"the server is busy: {limits.concurrent_requests} requests "
-                                  f"are being predicted and this one waited limits.wait_seconds "
-                                  f"= {limits.wait_seconds}; retry later",
+                                  f"are being predicted and this one waited "
+                                  f"{self.wait_seconds:g} s (limits.wait_seconds, at most half "
+                                  f"of {REQUEST_TIMEOUT}); retry later",
                                   error_code=TEMPORARILY_UNAVAILABLE)  # fmt: skip
         try:
             files = request_images(model_input, limits, self.path_root)
@@ -87,6 +89,22 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
             ) from None
         finally:
             self.running.release()
+
+
+# MLflow's server answers 504 once a request has taken this long (60 s unless set), whatever the
+# model is doing; a request that waited for its turn must still have time to be predicted.
+REQUEST_TIMEOUT = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+
+
+def turn_wait(wait_seconds: float) -> float:
+    """``limits.wait_seconds``, capped at half the server's request timeout: a busy server then
+    answers 503 ("retry") before MLflow's 504, while the other half is left for predicting."""
+    timeout = float(os.environ.get(REQUEST_TIMEOUT) or 60)
+    if wait_seconds > timeout / 2:
+        logger.warning("noisytail: limits.wait_seconds = %s is over half of %s = %g s: "
+                       "a request waits %g s for its turn", wait_seconds, REQUEST_TIMEOUT,
+                       timeout, timeout / 2)  # fmt: skip
+    return min(float(wait_seconds), timeout / 2)
 
 
 MEMBER_KEYS = ("name", "tau", "scale", "mode", "weight", "mixed_precision")

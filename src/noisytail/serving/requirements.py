@@ -7,11 +7,14 @@ distributions: what the entry module and the package files it imports import
 by the installed metadata, then everything those require in this environment (their
 ``Requires-Dist``, markers evaluated, extras not asked for left out). Which versions: the
 installed ones, which must be the lock's (``requirements.lock``): a model logged from a drifted
-environment is refused instead of recording the drift.
+environment is refused instead of recording the drift. A distribution required only on some
+platforms (torch's CUDA wheels and triton: ``platform_system == "Linux"``) keeps that marker in
+its pin, so the model still installs on a machine without them.
 """
 
 from __future__ import annotations
 
+import graphlib
 from importlib import metadata
 from pathlib import Path
 
@@ -30,7 +33,8 @@ def pinned_requirements(entry: str, lock: str | Path | None = None) -> list[str]
             raise RuntimeError(f"the served code imports {module}, which no installed "
                                f"distribution provides")  # fmt: skip
         names.update(owners[module])
-    pins = {metadata.metadata(n)["Name"]: metadata.version(n) for n in closure(names)}
+    markers = closure(names)
+    pins = {metadata.metadata(n)["Name"]: metadata.version(n) for n in markers}
     if lock is not None:
         locked = dict(_lock_lines(Path(lock)))
         drift = [f"{n}=={v} (lock: {locked.get(_key(n), 'absent')})" for n, v in pins.items()
@@ -38,34 +42,69 @@ def pinned_requirements(entry: str, lock: str | Path | None = None) -> list[str]
         if drift:
             raise RuntimeError(f"the environment differs from {lock}: {', '.join(sorted(drift))}"
                                f"; run `make setup` before registering")  # fmt: skip
-    return sorted(f"{n}=={v}" for n, v in pins.items())
+    return sorted(_pin(n, v, markers[_key(n)]) for n, v in pins.items())
 
 
 # What every virtual environment brings, and `pip freeze` (the lock) leaves out.
 BOOTSTRAP = {"pip", "setuptools", "wheel"}
 
 
-def closure(names: set[str]) -> set[str]:
-    """``names`` and every distribution they require, transitively, as installed here."""
-    seen, todo = set(), [_key(n) for n in names]
-    while todo:
+def closure(names: set[str]) -> dict[str, set[str | None]]:
+    """``names`` and every distribution they require, transitively, as installed here; each with
+    the environment markers under which it is required (``{None}``: always)."""
+    roots = {_key(n) for n in names}
+    extras: dict[str, set[str]] = {k: {""} for k in roots}
+    required_by: dict[str, set[tuple[str, str | None]]] = {}  # child -> (parent, marker)
+    todo = sorted(roots)
+    while todo:  # which distributions, and the extras asked of each (a new extra: read again)
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
         for line in metadata.requires(name) or []:
             requirement = Requirement(line)
-            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
-                continue  # another platform's or an extra's
-            if _key(requirement.name) in BOOTSTRAP:
+            marker = requirement.marker
+            if marker and not any(marker.evaluate({"extra": e}) for e in extras[name]):
+                continue  # another platform's or an extra's not asked for
+            child = _key(requirement.name)
+            if child in BOOTSTRAP:
                 continue
             try:
                 metadata.version(requirement.name)
             except metadata.PackageNotFoundError:
                 raise RuntimeError(f"{name} requires {requirement.name}, which is not "
                                    f"installed; run `make setup`") from None  # fmt: skip
-            todo.append(_key(requirement.name))
-    return seen
+            # an extra's requirement holds wherever its parent does; a platform marker narrows it
+            edge = str(marker) if marker and "extra" not in str(marker) else None
+            required_by.setdefault(child, set()).add((name, edge))
+            if child not in extras or not requirement.extras <= extras[child]:
+                extras[child] = extras.get(child, {""}) | set(requirement.extras)
+                todo.append(child)
+    # Then each one's markers from its requirers' final markers, requirers first.
+    graph = {child: {p for p, _ in edges if p != child} for child, edges in required_by.items()}
+    markers: dict[str, set[str | None]] = {k: {None} for k in roots}
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError:  # distributions that require each other: pinned everywhere
+        return {k: {None} for k in extras}
+    for node in order:
+        if node not in roots:
+            reached = {_both(m, edge) for parent, edge in required_by[node] if parent != node
+                       for m in markers[parent]}  # fmt: skip
+            markers[node] = {None} if None in reached else reached
+    return markers
+
+
+def _both(parent: str | None, edge: str | None) -> str | None:
+    if parent is None or edge is None or edge in parent:
+        return edge if parent is None else parent
+    return f"({parent}) and ({edge})"
+
+
+def _pin(name: str, version: str, markers: set[str | None]) -> str:
+    """``name==version``, with its markers (normalised as MLflow writes them) where it has any."""
+    if None in markers:
+        return f"{name}=={version}"
+    ordered = sorted(markers)
+    either = ordered[0] if len(ordered) == 1 else " or ".join(f"({m})" for m in ordered)
+    return str(Requirement(f"{name}=={version}; {either}"))
 
 
 def _key(name: str) -> str:
