@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from common import print_table, write_result
 
+from noisytail.prediction import matrix_column
+
 DIM, NOISE, TOP_K, NEIGHBOURS = 512, 0.3, 10, 30
 # Synthetic embeddings shaped like real ones. Measured on FMNIST-LT-N (resnet18 BNNeck,
 # data/predictions/round_3/train.parquet, L2-normalised): within a class the covariance's
@@ -89,7 +91,7 @@ def synthetic_round(
     in_top = index == label[:, None]
     label_prob = np.where(in_top.any(1), (prob * in_top).max(1), 1e-4).astype(np.float32)
     table = pd.DataFrame({"sample_id": np.arange(n).astype(str), "label": label,
-                          "topk_index": list(index), "topk_prob": list(prob),
+                          "topk_index": matrix_column(index), "topk_prob": matrix_column(prob),
                           "label_prob": label_prob})  # fmt: skip
     return table, embedding, truth, classes
 

@@ -11,6 +11,7 @@ from noisytail.cleaning.neighbours import (
     reranked,
 )
 from noisytail.errors import NoisytailError
+from noisytail.prediction import top_k_arrays
 
 
 def test_nearest_neighbours_match_brute_force_across_chunks():
@@ -49,16 +50,17 @@ PROBS = [{0: 0.8, 2: 0.2}] * 3 + [{1: 0.9, 0: 0.1}] + [{2: 0.7, 0: 0.3}] * 4
 
 def test_neighbours_outvote_a_memorised_wrong_label():
     mixed = neighbour_smoothed(table(LABELS, EMBEDDINGS, PROBS), k=3, weight=0.5)
+    index, prob = top_k_arrays(mixed)
     # s3's neighbours are s0-s2 (label 0): p(0) = .5 * .1 + .5 * 1, p(1) = .5 * .9 + 0
-    assert mixed.loc[3, "topk_index"].tolist()[:2] == [0, 1]
-    np.testing.assert_allclose(mixed.loc[3, "topk_prob"][:2], [0.55, 0.45], atol=1e-6)
+    assert index[3, :2].tolist() == [0, 1]
+    np.testing.assert_allclose(prob[3, :2], [0.55, 0.45], atol=1e-6)
     assert mixed.loc[3, "label_prob"] == pytest.approx(0.45)
     # s0's neighbours are s1, s2 (label 0) and s3 (label 1): class 1 enters its top-k
-    assert mixed.loc[0, "topk_index"].tolist() == [0, 1]
-    np.testing.assert_allclose(mixed.loc[0, "topk_prob"], [0.4 + 1 / 3, 1 / 6], atol=1e-6)
+    assert index[0].tolist() == [0, 1]
+    np.testing.assert_allclose(prob[0], [0.4 + 1 / 3, 1 / 6], atol=1e-6)
     # never wider than the stored top-k (2 here), distinct classes, best first
-    assert all(len(set(i)) == len(i) == 2 for i in mixed["topk_index"])
-    assert all(np.all(np.diff(p) <= 0) for p in mixed["topk_prob"])
+    assert index.shape == (8, 2) and all(len(set(i)) == 2 for i in index.tolist())
+    assert np.all(np.diff(prob, axis=1) <= 0)
 
 
 def test_neighbours_are_searched_within_one_fold_model():
@@ -67,8 +69,9 @@ def test_neighbours_are_searched_within_one_fold_model():
     labels = [0, 0, 0, 0, 1, 1, 1, 1]
     probs = [{0: 0.5, 1: 0.5}] * 8
     mixed = neighbour_smoothed(table(labels, embeddings, probs, fold=[0] * 4 + [1] * 4), 3, 1.0)
-    assert [int(i[0]) for i in mixed["topk_index"]] == labels
-    np.testing.assert_allclose([p[0] for p in mixed["topk_prob"]], 1.0)
+    index, prob = top_k_arrays(mixed)
+    assert index[:, 0].tolist() == labels
+    np.testing.assert_allclose(prob[:, 0], 1.0)
 
 
 def test_weight_zero_is_the_softmax_and_bad_input_is_named():

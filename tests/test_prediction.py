@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from accelerate import Accelerator
@@ -34,14 +35,30 @@ def test_top_k_storage_round_trip(toy_manifest, tmp_path):
     expected_p, expected_i = full.topk(2, dim=1)
     np.testing.assert_array_equal(index, expected_i.numpy())
     np.testing.assert_allclose(prob, expected_p.numpy(), atol=1e-6)
+    # held in Arrow, not a numpy object per row, before and after parquet; a filtered frame
+    # reads its own rows (Arrow slices share the flat buffer)
+    for frame in (table, back):
+        assert all(isinstance(frame[c].array, pd.arrays.ArrowExtensionArray)
+                   for c in ("topk_index", "topk_prob"))  # fmt: skip
+    picked = back[back["label"] == back["label"].iloc[-1]].iloc[1:]
+    np.testing.assert_array_equal(top_k_arrays(picked)[0], index[picked.index])
+    as_objects = back.assign(topk_index=list(index))  # a frame built by hand: stacked per row
+    np.testing.assert_array_equal(top_k_arrays(as_objects)[0], index)
     labels = dataset.labels.numpy()
     np.testing.assert_allclose(back["label_prob"], full[np.arange(len(labels)), labels], atol=1e-6)
     assert back["sample_id"].tolist() == dataset.sample_ids
     stored = np.stack(back["embedding"])  # batches of 7 placed at their rows, kept as float16
     assert stored.dtype == np.float16 and stored.shape == (len(dataset), 8)
     np.testing.assert_allclose(stored, features.numpy(), rtol=2e-3, atol=2e-3)
-    assert set(back.columns) == {"sample_id", "label", "topk_index", "topk_prob", "label_prob",
-                                 "embedding"}  # fmt: skip
+    assert list(back.columns) == list(table.columns)  # in their stored order
+    # any column reads back with plain pandas too (the balanced subset reads label_prob so)
+    assert pd.read_parquet(path, columns=["label_prob"])["label_prob"].tolist() == back[
+        "label_prob"].tolist()  # fmt: skip
+    # a column in several Arrow chunks (parquet read in batches, frames concatenated)
+    twice = pd.concat([back, back], ignore_index=True)
+    assert len(pa.array(twice["topk_index"].array).chunks) == 2
+    np.testing.assert_array_equal(top_k_arrays(twice)[0], np.concatenate([index, index]))
+    assert top_k_arrays(back.iloc[:0])[0].shape == (0, 2)  # none: still k wide
 
 
 def test_embeddings_read_as_one_float16_array_in_batches(tmp_path):

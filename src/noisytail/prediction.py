@@ -2,7 +2,10 @@
 
 At 2.5M images x 50,030 classes an N x C probability matrix would be 500 GB; here memory is
 O(N * k): each batch is reduced to its top-k indices and probabilities (plus the probability of
-the given label, and optionally the embedding) before it leaves the device.
+the given label, and optionally the embedding) before it leaves the device. The top-k columns
+are Arrow fixed-size lists over one flat array (``matrix_column``), in memory and in parquet:
+no Python object per row, and ``top_k_arrays`` reads them back as N x k arrays without a copy
+per row.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
@@ -74,8 +78,8 @@ def predict_top_k(
     table = pd.DataFrame({
         "sample_id": dataset.sample_ids,
         "label": dataset.labels.numpy(),
-        "topk_index": list(np.concatenate(indices)[order]),
-        "topk_prob": list(np.concatenate(probs)[order]),
+        "topk_index": matrix_column(np.concatenate(indices)[order]),
+        "topk_prob": matrix_column(np.concatenate(probs)[order]),
         "label_prob": np.concatenate(label_probs)[order],
     })  # fmt: skip
     if with_embedding:  # one view per row into the array, not a copy
@@ -116,7 +120,7 @@ def evaluate_split(
     table = predict_top_k(model, dataset, accelerator, top_k=1, workers=workers)
     column = "true_label" if manifest.fully_verified else "label"
     return classification_report(
-        np.stack(table["topk_index"])[:, 0], dataset.labels.numpy(), manifest.num_classes,
+        column_matrix(table["topk_index"])[:, 0], dataset.labels.numpy(), manifest.num_classes,
         manifest.class_counts("train", column).to_numpy(),
     )  # fmt: skip
 
@@ -164,21 +168,31 @@ def check_classes(classes: tuple[str, ...], manifest: Manifest, model_path: str)
 
 
 def write_predictions(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """``table`` as parquet, without pandas' metadata: it names the top-k columns' list dtype by
+    a string pandas cannot parse back, and ``pd.read_parquet`` of any column would then fail."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    table.to_parquet(tmp, index=False)
+    arrow = pa.Table.from_pandas(table, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(arrow, tmp)
     os.replace(tmp, path)
     return path
 
 
 def read_predictions(path: str | os.PathLike, embedding: bool = True) -> pd.DataFrame:
-    """The stored predictions; ``embedding=False`` leaves out the embedding column (read it
-    with ``read_embeddings``: one array, not a Python object per row)."""
-    if embedding:
-        return pd.read_parquet(path)
+    """The stored predictions, top-k columns kept in Arrow (see ``matrix_column``);
+    ``embedding=False`` leaves out the embedding column (read it with ``read_embeddings``: one
+    array, not a Python object per row)."""
     names = pq.ParquetFile(path).schema_arrow.names
-    return pd.read_parquet(path, columns=[c for c in names if c != "embedding"])
+    columns = [c for c in names if embedding or c != "embedding"]
+    arrow = pq.read_table(path, columns=columns)
+    keep = [c for c in columns if c in TOP_K_COLUMNS]
+    # (files written before write_predictions dropped pandas' metadata name the list dtypes by
+    # strings pandas cannot parse back)
+    table = arrow.drop_columns(keep).replace_schema_metadata(None).to_pandas()
+    for name in keep:  # in their stored place
+        table.insert(columns.index(name), name, pd.arrays.ArrowExtensionArray(arrow[name]))
+    return table
 
 
 def read_embeddings(path: str | os.PathLike, batch_rows: int = 65536) -> np.ndarray:
@@ -201,6 +215,33 @@ def read_embeddings(path: str | os.PathLike, batch_rows: int = 65536) -> np.ndar
     return out
 
 
+TOP_K_COLUMNS = ("topk_index", "topk_prob")
+
+
+def matrix_column(values: np.ndarray) -> pd.arrays.ArrowExtensionArray:
+    """An N x k array as one column of fixed-size lists over its flat values (one Arrow buffer;
+    a numpy object per row costs about 100 bytes and a Python call each time it is stacked)."""
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+    return pd.arrays.ArrowExtensionArray(pa.FixedSizeListArray.from_arrays(flat, values.shape[1]))
+
+
+def column_matrix(column: pd.Series) -> np.ndarray:
+    """The N x k array of a list column: read from Arrow's flat values where it is held in
+    Arrow (as ``matrix_column`` and ``read_predictions`` make it), else stacked row by row."""
+    if isinstance(column.array, pd.arrays.ArrowExtensionArray):
+        arrow = pa.array(column.array)  # a slice of the column flattens to its own rows only
+        if isinstance(arrow, pa.ChunkedArray):  # read in batches, or concatenated frames
+            arrow = arrow.combine_chunks()
+        flat = arrow.flatten().to_numpy()
+        if pa.types.is_fixed_size_list(arrow.type):
+            return flat.reshape(len(arrow), arrow.type.list_size)
+        width = len(flat) // max(len(arrow), 1)
+        if len(flat) == width * len(arrow):  # every row the same length
+            return flat.reshape(len(arrow), width)
+    return np.stack(column.to_numpy())
+
+
 def top_k_arrays(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """``(index, prob)``, each N x k, from the stored list columns."""
-    return np.stack(table["topk_index"].to_numpy()), np.stack(table["topk_prob"].to_numpy())
+    """``(index, prob)``, each N x k, from the top-k columns (read-only where they are views of
+    Arrow's buffers: copy before writing into them)."""
+    return column_matrix(table["topk_index"]), column_matrix(table["topk_prob"])

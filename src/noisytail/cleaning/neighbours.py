@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from noisytail.cleaning.refinement import refine_neighbours
 from noisytail.config.cleaning import SEARCHES
 from noisytail.errors import NoisytailError
-from noisytail.prediction import top_k_arrays
+from noisytail.prediction import matrix_column, top_k_arrays
 from noisytail.progress import progress
 
 
@@ -230,11 +230,12 @@ def neighbour_smoothed(
     for rows in np.array_split(np.arange(len(label)), max(1, len(label) // 16384)):
         i, p, nl = _mix(index[rows], prob[rows], label[rows], label_prob[rows],
                         neighbour_labels[rows], weight)  # fmt: skip
-        new_index.extend(i)
-        new_prob.extend(p)
+        new_index.append(i)
+        new_prob.append(p)
         new_label_prob.append(nl)
     out = predictions.copy()
-    out["topk_index"], out["topk_prob"] = new_index, new_prob
+    out["topk_index"] = matrix_column(np.concatenate(new_index))
+    out["topk_prob"] = matrix_column(np.concatenate(new_prob))
     out["label_prob"] = np.concatenate(new_label_prob)
     return out
 

@@ -27,6 +27,7 @@ import pandas as pd
 from noisytail.cleaning.neighbours import neighbour_smoothed
 from noisytail.config.cleaning import JUDGES, RULES, CleaningConfig
 from noisytail.data.manifest import Manifest
+from noisytail.prediction import top_k_arrays
 
 
 def judged_samples(config: CleaningConfig, round_input: Manifest, original: Manifest) -> Manifest:
@@ -60,8 +61,8 @@ def scores(
     label's probability), optionally prior-corrected over the stored top-k plus the given label
     (by ``prior``, default the class shares of the predictions' own labels).
     """
-    index = np.stack(predictions["topk_index"].to_numpy()).astype(np.int64)
-    prob = np.stack(predictions["topk_prob"].to_numpy()).astype(np.float64)
+    index, prob = top_k_arrays(predictions)
+    index, prob = index.astype(np.int64), prob.astype(np.float64)
     label = predictions["label"].to_numpy()
     label_prob = predictions["label_prob"].to_numpy().astype(np.float64)
     if prior_correction:
