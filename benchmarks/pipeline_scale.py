@@ -7,7 +7,9 @@ stage kind (train, predict, clean, ...): its growth exponent in N between two si
 class count (``log(t2 / t1) / log(N2 / N1)``: 1 is linear, N log N between 100k and 500k is
 about 1.13) and the factor that classes cost at a fixed N. The training and prediction passes
 (train, predict, evaluate, member_*, member_views) grow as N times the model's cost by nature;
-the goals are on the others.
+the goals are on the others. Per size also how often tau brings a class from outside the raw
+top-10 into the tuned top-10 (``tau_moved_in``, read from the run's tuned.yaml): what a view
+cache of only the ensemble's top-10 would have got wrong.
 
     python benchmarks/pipeline_scale.py [--sizes 100000x50030 500000x50030 100000x500 ...]
 
@@ -131,6 +133,20 @@ def measure(work: Path, size: str, env: dict) -> list[dict]:
     return rows
 
 
+def tau_moves(repo: Path) -> dict:
+    """Per member, from the size's tuned.yaml: the share of val images whose tuned top-10 holds
+    a class from outside the raw top-10 (at the tau used, and at the best trial's tau)."""
+    tuned_file = repo / "tuned.yaml"
+    if not tuned_file.is_file():
+        return {}
+    tuned = yaml.safe_load(tuned_file.read_text())
+    return {name: {"tau": tuned["members"][name]["tau"],
+                   "moved_in": decision.get("tau_moved_in"),
+                   "moved_in_at_tuned": decision.get("tau_moved_in_at_tuned")}
+            for name, decision in tuned.get("decisions", {}).items()
+            if name in tuned["members"]}  # fmt: skip
+
+
 def by_kind(rows: list[dict]) -> dict[str, dict]:
     """Per stage kind: seconds summed over its stages (rounds, members), peak the largest."""
     kinds: dict[str, dict] = {}
@@ -194,7 +210,8 @@ def main() -> None:
         summary["sizes"][size] = {"n": n, "classes": classes,
                                   "stages": {k: {"seconds": round(v["seconds"], 1),
                                                  "peak_gb": round(v["peak_gb"], 2)}
-                                             for k, v in per_kind.items()}}  # fmt: skip
+                                             for k, v in per_kind.items()},
+                                  "tau_moved_in": tau_moves(work / size / "repo")}  # fmt: skip
     for small, large in extremes(kinds, fixed=1):  # growth in N at a fixed class count
         ratio = int(large.split("x")[0]) / int(small.split("x")[0])
         summary["exponent_in_n"][f"{small}->{large}"] = {
