@@ -33,11 +33,11 @@ def machine() -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    columns = list(rows[0])
-    widths = [max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in columns]
+    columns = list(dict.fromkeys(c for r in rows for c in r))  # rows may lack a column: "-"
+    widths = [max(len(str(c)), *(len(str(r.get(c, "-"))) for r in rows)) for c in columns]
     print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
     for row in rows:
-        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths)))
+        print("  ".join(str(row.get(c, "-")).ljust(w) for c, w in zip(columns, widths)))
 
 
 def write_result(name: str, rows: list[dict], **extra) -> Path:

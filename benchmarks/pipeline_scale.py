@@ -2,7 +2,9 @@
 stage by stage, in a scratch clone per size.
 
 Per stage: wall seconds, the peak resident memory of its process tree (sampled every 0.2 s,
-the DataLoader workers and faiss threads included) and the size of what it writes. Then per
+the DataLoader workers and faiss threads included), the peak of its proportional set size (PSS,
+sampled every second: pages the forked DataLoader workers share with their parent counted once,
+where the RSS sum counts them per process) and the size of what it writes. Then per
 stage kind (train, predict, clean, ...): its growth exponent in N between two sizes of the same
 class count (``log(t2 / t1) / log(N2 / N1)``: 1 is linear, N log N between 100k and 500k is
 about 1.13) and the factor that classes cost at a fixed N. The training and prediction passes
@@ -43,28 +45,35 @@ def kind(stage: str) -> str:
     return stage.split("@")[0]
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants."""
+def tree_memory(process: psutil.Process, proportional: bool = False) -> int:
+    """Resident bytes of a process and all its descendants: summed RSS, or summed PSS (shared
+    pages split among their sharers; reading it walks every mapping, so it is sampled less)."""
     total = 0
     for proc in [process, *process.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
+            total += proc.memory_full_info().pss if proportional else proc.memory_info().rss
         except psutil.Error:
             continue
     return total
 
 
-def run_measured(command: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, float, int]:
-    """Run ``command``; its seconds, peak tree memory (GB) and return code."""
+def run_measured(
+    command: list[str], cwd: Path, env: dict, log: Path
+) -> tuple[float, float, float, int]:
+    """Run ``command``; its seconds, peak tree RSS and PSS (GB) and return code."""
     started = time.perf_counter()
     with log.open("a") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    watched, peak, done = psutil.Process(process.pid), 0, threading.Event()
+    watched, peak, peak_pss, done = psutil.Process(process.pid), 0, 0, threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_pss
+        tick = 0
         while not done.is_set():
-            peak = max(peak, tree_rss(watched))
+            peak = max(peak, tree_memory(watched))
+            if tick % 5 == 0:
+                peak_pss = max(peak_pss, tree_memory(watched, proportional=True))
+            tick += 1
             done.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -72,7 +81,7 @@ def run_measured(command: list[str], cwd: Path, env: dict, log: Path) -> tuple[f
     code = process.wait()
     done.set()
     sampler.join()
-    return time.perf_counter() - started, peak / 1e9, code
+    return time.perf_counter() - started, peak / 1e9, peak_pss / 1e9, code
 
 
 def disk_bytes(path: Path) -> int:
@@ -115,7 +124,7 @@ def measure(work: Path, size: str, env: dict) -> list[dict]:
             continue
         print(f"{size}: {stage}", flush=True)
         command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-        seconds, peak, code = run_measured(command, repo, env, work / size / "repro.log")
+        seconds, peak, peak_pss, code = run_measured(command, repo, env, work / size / "repro.log")
         if code != 0:
             raise SystemExit(f"{size}: stage {stage} failed; see {work / size / 'repro.log'}")
         rows.append(
@@ -125,6 +134,7 @@ def measure(work: Path, size: str, env: dict) -> list[dict]:
                 "stage": stage,
                 "seconds": round(seconds, 1),
                 "peak_gb": round(peak, 2),
+                "peak_pss_gb": round(peak_pss, 2),
                 "writes_mb": round(sum(disk_bytes(repo / o) for o in outs) / 1e6, 1),
             }
         )
@@ -154,6 +164,8 @@ def by_kind(rows: list[dict]) -> dict[str, dict]:
         k = kinds.setdefault(kind(r["stage"]), {"seconds": 0.0, "peak_gb": 0.0, "writes_mb": 0.0})
         k["seconds"] += r["seconds"]
         k["peak_gb"] = max(k["peak_gb"], r["peak_gb"])
+        if "peak_pss_gb" in r:  # (rows recorded before PSS was sampled have none)
+            k["peak_pss_gb"] = max(k.get("peak_pss_gb", 0.0), r["peak_pss_gb"])
         k["writes_mb"] += r["writes_mb"]
     return kinds
 
@@ -209,7 +221,8 @@ def main() -> None:
         n, classes = (int(x) for x in size.split("x"))
         summary["sizes"][size] = {"n": n, "classes": classes,
                                   "stages": {k: {"seconds": round(v["seconds"], 1),
-                                                 "peak_gb": round(v["peak_gb"], 2)}
+                                                 **{m: round(v[m], 2) for m in
+                                                    ("peak_gb", "peak_pss_gb") if m in v}}
                                              for k, v in per_kind.items()},
                                   "tau_moved_in": tau_moves(work / size / "repo")}  # fmt: skip
     for small, large in extremes(kinds, fixed=1):  # growth in N at a fixed class count
