@@ -3,8 +3,9 @@ stage by stage, in a scratch clone per size.
 
 Per stage: wall seconds, the peak resident memory of its process tree (sampled every 0.2 s,
 the DataLoader workers and faiss threads included), the peak of its proportional set size (PSS,
-sampled every second: pages the forked DataLoader workers share with their parent counted once,
-where the RSS sum counts them per process) and the size of what it writes. Then per
+sampled every second: pages the forked DataLoader workers share with their parent split among
+them, where the RSS sum counts them per process; a near-lower bound, as pages shared with
+processes outside the tree are split with those too) and the size of what it writes. Then per
 stage kind (train, predict, clean, ...): its growth exponent in N between two sizes of the same
 class count (``log(t2 / t1) / log(N2 / N1)``: 1 is linear, N log N between 100k and 500k is
 about 1.13) and the factor that classes cost at a fixed N. The training and prediction passes
@@ -48,8 +49,12 @@ def kind(stage: str) -> str:
 def tree_memory(process: psutil.Process, proportional: bool = False) -> int:
     """Resident bytes of a process and all its descendants: summed RSS, or summed PSS (shared
     pages split among their sharers; reading it walks every mapping, so it is sampled less)."""
+    try:
+        tree = [process, *process.children(recursive=True)]
+    except psutil.Error:  # the stage exited between two samples
+        return 0
     total = 0
-    for proc in [process, *process.children(recursive=True)]:
+    for proc in tree:
         try:
             total += proc.memory_full_info().pss if proportional else proc.memory_info().rss
         except psutil.Error:
@@ -164,9 +169,13 @@ def by_kind(rows: list[dict]) -> dict[str, dict]:
         k = kinds.setdefault(kind(r["stage"]), {"seconds": 0.0, "peak_gb": 0.0, "writes_mb": 0.0})
         k["seconds"] += r["seconds"]
         k["peak_gb"] = max(k["peak_gb"], r["peak_gb"])
-        if "peak_pss_gb" in r:  # (rows recorded before PSS was sampled have none)
-            k["peak_pss_gb"] = max(k.get("peak_pss_gb", 0.0), r["peak_pss_gb"])
         k["writes_mb"] += r["writes_mb"]
+        k["pss_rows"] = k.get("pss_rows", 0) + ("peak_pss_gb" in r)  # (older rows have none)
+        k["peak_pss_gb"] = max(k.get("peak_pss_gb", 0.0), r.get("peak_pss_gb", 0.0))
+        k["rows"] = k.get("rows", 0) + 1
+    for k in kinds.values():  # a peak over some of a kind's stages only would mislead
+        if k.pop("pss_rows") < k.pop("rows"):
+            del k["peak_pss_gb"]
     return kinds
 
 
