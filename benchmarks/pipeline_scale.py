@@ -12,7 +12,9 @@ about 1.13) and the factor that classes cost at a fixed N. The training and pred
 (train, predict, evaluate, member_*, member_views) grow as N times the model's cost by nature;
 the goals are on the others. Per size also how often tau brings a class from outside the raw
 top-10 into the tuned top-10 (``tau_moved_in``, read from the run's tuned.yaml): what a view
-cache of only the ensemble's top-10 would have got wrong.
+cache of only the ensemble's top-10 would have got wrong. And per size the accuracy the run
+reached (``quality``: each round's test mean class error, round 1 on the noisy labels being the
+plain baseline, the cleaning's precision / recall against the kept truth, the ensemble's error).
 
     python benchmarks/pipeline_scale.py [--sizes 100000x50030 500000x50030 100000x500 ...]
 
@@ -162,6 +164,27 @@ def tau_moves(repo: Path) -> dict:
             if name in tuned["members"]}  # fmt: skip
 
 
+def quality(repo: Path) -> dict:
+    """From the size's run: per cleaning round its model's test mean class error and the
+    cleaning against the kept truth; the ensemble's test error. Round 1 trains on the noisy
+    labels: the plain baseline of the same run."""
+
+    def read(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    rounds = {}
+    for report in sorted((repo / "data" / "clean").glob("round_*/report.json")):
+        name = report.parent.name
+        cleaning = read(report)
+        error = read(repo / "metrics" / f"{name}.json").get("test", {}).get("mean_class_error")
+        rounds[name] = {
+            "test_mean_class_error": error,
+            **{k: cleaning.get(k) for k in ("precision", "recall", "residual_noise")},
+        }
+    ensemble = read(repo / "metrics" / "ensemble.json").get("test", {}).get("mean_class_error")
+    return {"rounds": rounds, "ensemble_test_mean_class_error": ensemble}
+
+
 def by_kind(rows: list[dict]) -> dict[str, dict]:
     """Per stage kind: seconds summed over its stages (rounds, members), peak the largest."""
     kinds: dict[str, dict] = {}
@@ -233,7 +256,8 @@ def main() -> None:
                                                  **{m: round(v[m], 2) for m in
                                                     ("peak_gb", "peak_pss_gb") if m in v}}
                                              for k, v in per_kind.items()},
-                                  "tau_moved_in": tau_moves(work / size / "repo")}  # fmt: skip
+                                  "tau_moved_in": tau_moves(work / size / "repo"),
+                                  "quality": quality(work / size / "repo")}  # fmt: skip
     for small, large in extremes(kinds, fixed=1):  # growth in N at a fixed class count
         ratio = int(large.split("x")[0]) / int(small.split("x")[0])
         summary["exponent_in_n"][f"{small}->{large}"] = {
