@@ -189,16 +189,16 @@ def by_kind(rows: list[dict]) -> dict[str, dict]:
     """Per stage kind: seconds summed over its stages (rounds, members), peak the largest."""
     kinds: dict[str, dict] = {}
     for r in rows:
-        k = kinds.setdefault(kind(r["stage"]), {"seconds": 0.0, "peak_gb": 0.0, "writes_mb": 0.0})
+        k = kinds.setdefault(kind(r["stage"]), {"seconds": 0.0, "peak_gb": 0.0, "writes_mb": 0.0,
+                                                "pss": []})  # fmt: skip
         k["seconds"] += r["seconds"]
         k["peak_gb"] = max(k["peak_gb"], r["peak_gb"])
         k["writes_mb"] += r["writes_mb"]
-        k["pss_rows"] = k.get("pss_rows", 0) + ("peak_pss_gb" in r)  # (older rows have none)
-        k["peak_pss_gb"] = max(k.get("peak_pss_gb", 0.0), r.get("peak_pss_gb", 0.0))
-        k["rows"] = k.get("rows", 0) + 1
+        k["pss"].append(r.get("peak_pss_gb"))  # (rows recorded before PSS was sampled: None)
     for k in kinds.values():  # a peak over some of a kind's stages only would mislead
-        if k.pop("pss_rows") < k.pop("rows"):
-            del k["peak_pss_gb"]
+        pss = k.pop("pss")
+        if None not in pss:
+            k["peak_pss_gb"] = max(pss)
     return kinds
 
 
