@@ -3,6 +3,7 @@ round's input manifest, for the samples it judges (``cleaning.judge``: all origi
 samples, or the round's own); writes the cleaned manifest, the decisions, report.json, plots,
 the per-class galleries of what it dropped, kept and relabelled, and an MLflow run. A val split
 cut from the given labels is judged too (val_decisions.parquet: the cleaned val tuning uses).
+A round whose model is too near chance on val keeps its input unchanged (cleaning.guard).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 
 from noisytail.cleaning.edits import cleaned_manifest
 from noisytail.cleaning.gallery import DECISION_COLUMNS, write_gallery
+from noisytail.cleaning.guard import check_evidence, keep_round_input
 from noisytail.cleaning.reports import (
     clean_retention,
     decision_counts,
@@ -35,7 +37,7 @@ from noisytail.tracking import RunTracker
 def headline(report: dict) -> dict:
     """The few numbers `dvc metrics show` lists for a round (report_full.json has them all)."""
     keep = {"kept": report["kept"], "dropped": report["dropped"], "val_dropped": report["val"][
-        "dropped"]}  # fmt: skip
+        "dropped"], "cleaned": report["evidence"]["cleans"]}  # fmt: skip
     truth = report.get("truth", {})
     keep.update({k: truth[k] for k in ("precision", "recall", "f1", "residual_noise")
                  if k in truth})  # fmt: skip
@@ -49,13 +51,15 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the cleaned manifest and report")
     parser.add_argument("--round", default="")
     parser.add_argument("--original", required=True, help="manifest before the first round")
+    parser.add_argument("--model", required=True, help="the round's model folder (its done.json)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
     params = load_checked_params(args.params)
     config = round_config(params.get("cleaning"), args.round)
     original = read_manifest(args.original)
-    manifest = judged_samples(config, read_manifest(args.manifest), original)
+    round_input = read_manifest(args.manifest)
+    manifest = judged_samples(config, round_input, original)
     train = manifest.split("train")
     predictions = read_predictions(args.predictions, embedding=False)
     if predictions["sample_id"].tolist() != train["sample_id"].tolist():
@@ -65,6 +69,11 @@ def main() -> None:
 
     embeddings = read_embeddings(args.predictions) if config.uses_neighbours else None
     _, decided = judge_predictions(predictions, manifest.num_classes, config, embeddings)
+    evidence = check_evidence(Path(args.model) / "done.json", manifest.num_classes,
+                              config.min_val_gain)  # fmt: skip
+    print(evidence.explain(args.round))
+    if not evidence.cleans:
+        decided = keep_round_input(decided, round_input.split("train"))
     cleaned = cleaned_manifest(manifest, decided)
     kept = cleaned.split("train")
 
@@ -74,7 +83,8 @@ def main() -> None:
     # per-class detail goes to per_class.csv (a table)
     per_class = decision_counts(decided, manifest.classes).reset_index(names="class")
     report = {"kept": int(len(kept)), "dropped": int((decided["action"] == "drop").sum()),
-              "relabelled": int((decided["action"] == "relabel").sum())}  # fmt: skip
+              "relabelled": int((decided["action"] == "relabel").sum()),
+              "evidence": evidence.report()}  # fmt: skip
     if "true_label" in train:  # benchmarks only: how good were the decisions?
         truth = detection_report(decided, train["true_label"].to_numpy(), manifest.classes)
         since = clean_retention(kept, original.split("train"), manifest.classes)
@@ -89,8 +99,8 @@ def main() -> None:
         }
     val_file = Path(args.predictions).with_name("val.parquet")  # a val cut from the given labels
     val_predictions = read_predictions(val_file, embedding=False) if val_file.is_file() else None
-    val_decided = judge_val(original.split("val"), val_predictions, original.num_classes, config,
-                           decided)  # fmt: skip
+    val_decided = judge_val(original.split("val"), val_predictions if evidence.cleans else None,
+                            original.num_classes, config, decided)  # fmt: skip
     report["val"] = {"judged": int(val_decided["judged"].sum()),
                      "dropped": int((val_decided["action"] != "keep").sum())}  # fmt: skip
     if "true_label" in val_decided and val_decided["judged"].any():
@@ -116,7 +126,8 @@ def main() -> None:
     tracker.log_params({"cleaning": asdict(config), "manifest": args.manifest})
     flat = {k: v for k, v in report.get("truth", {}).items() if isinstance(v, (int, float))}
     tracker.log_metrics({"kept": report["kept"], "dropped": report["dropped"],
-                         "relabelled": report["relabelled"], **flat})  # fmt: skip
+                         "relabelled": report["relabelled"], "cleaned": int(evidence.cleans),
+                         **flat})  # fmt: skip
     tracker.log_artifact(out / "confidence.png")
     tracker.log_artifact(out / "report_full.json")
     tracker.log_artifacts(out / "gallery", "gallery")

@@ -120,7 +120,8 @@ def test_clean_stage_names_predictions_of_other_samples(toy_manifest, tmp_path):
         [sys.executable, str(REPO / "pipelines/clean.py"),
          "--params", str(tmp_path / "params.yaml"),
          "--manifest", str(tmp_path / "round_1" / "manifest.parquet"), "--original",
-         str(original), "--predictions", str(predictions), "--out", str(tmp_path / "out")],
+         str(original), "--predictions", str(predictions), "--out", str(tmp_path / "out"),
+         "--model", str(tmp_path / "models" / "round_1")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2

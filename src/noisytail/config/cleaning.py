@@ -41,6 +41,7 @@ class CleaningConfig:
     neighbour_index_threshold: int = 200_000  # this many samples (per fold model) up
     nprobe: int = 16  # faiss: inverted lists searched per query (recall against speed)
     neighbour_refinement: int = 4  # faiss: rounds of NN-descent local joins after (0: off)
+    min_val_gain: float = 1.0  # clean only if the model's val MCE is this far below chance's
 
     def __post_init__(self) -> None:
         check_choice("cleaning.rule", self.rule, RULES)
@@ -48,7 +49,9 @@ class CleaningConfig:
         check_choice("cleaning.judge", self.judge, JUDGES)
         for name in ("threshold", "fraction", "neighbour_weight"):
             check_range(f"cleaning.{name}", getattr(self, name), 0.0, 1.0)
-        for name in ("prior_correction", "min_per_class", "neighbours", "relabel_threshold"):
+        non_negative = ("prior_correction", "min_per_class", "neighbours", "relabel_threshold",
+                        "min_val_gain")  # fmt: skip
+        for name in non_negative:
             check_range(f"cleaning.{name}", getattr(self, name), 0)
         check_range("cleaning.folds", self.folds, 2)
         check_choice("cleaning.neighbour_index", self.neighbour_index, SEARCHES)
