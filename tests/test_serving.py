@@ -27,7 +27,7 @@ from noisytail.models.network import build_network, save_network
 from noisytail.serving.inputs import RequestError, decode_image, request_images
 from noisytail.serving.model import ensemble_spec
 from noisytail.serving.predictor import EnsemblePredictor
-from noisytail.serving.requirements import BOOTSTRAP, pinned_requirements
+from noisytail.serving.requirements import BOOTSTRAP, pinned_requirements, propagate_markers
 from noisytail.test_time.ensemble import ensemble_top_k
 from noisytail.test_time.scoring import member_top_k
 from noisytail.test_time.views import enlarged_transform, predict_views
@@ -219,6 +219,20 @@ def test_the_environment_is_pinned_to_the_lock(tmp_path):
     drifted.write_text(text.replace("timm==", "timm==0.0.1  # was "))
     with pytest.raises(RuntimeError, match="timm==.*lock: 0.0.1"):
         pinned_requirements("noisytail.serving.entry", drifted)
+
+
+def test_a_requirement_cycle_pins_only_its_members_everywhere():
+    """app requires a (Linux only); a and b require each other; b requires c (Windows only);
+    d hangs off app for Macs. Only the cycle a <-> b loses its markers."""
+    linux, windows, mac = ('platform_system == "Linux"', 'platform_system == "Windows"',
+                           'platform_system == "Darwin"')  # fmt: skip
+    required_by = {"a": {("app", linux), ("b", None)}, "b": {("a", None)},
+                   "c": {("b", windows)}, "d": {("app", mac)}}  # fmt: skip
+    markers = propagate_markers({"app"}, required_by)
+    assert markers == {"app": {None}, "a": {None}, "b": {None}, "c": {windows}, "d": {mac}}
+    # without the cycle, the Linux marker reaches all the way down
+    acyclic = propagate_markers({"app"}, {**required_by, "a": {("app", linux)}})
+    assert acyclic["b"] == {linux} and acyclic["c"] == {f"({linux}) and ({windows})"}
 
 
 @pytest.fixture(scope="module")

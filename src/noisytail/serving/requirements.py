@@ -77,15 +77,31 @@ def closure(names: set[str]) -> dict[str, set[str | None]]:
             if child not in extras or not requirement.extras <= extras[child]:
                 extras[child] = extras.get(child, {""}) | set(requirement.extras)
                 todo.append(child)
-    # Then each one's markers from its requirers' final markers, requirers first.
+    return propagate_markers(roots, required_by)
+
+
+def propagate_markers(
+    roots: set[str], required_by: dict[str, set[tuple[str, str | None]]]
+) -> dict[str, set[str | None]]:
+    """Each distribution's markers from its requirers' final markers, requirers first.
+
+    Distributions that require each other (a cycle) have no requirers-first order: those on a
+    cycle are pinned everywhere (``{None}``), and the ones they require take their markers from
+    them as from any root; the rest of the graph keeps its markers."""
     graph = {child: {p for p, _ in edges if p != child} for child, edges in required_by.items()}
-    markers: dict[str, set[str | None]] = {k: {None} for k in roots}
-    try:
-        order = list(graphlib.TopologicalSorter(graph).static_order())
-    except graphlib.CycleError:  # distributions that require each other: pinned everywhere
-        return {k: {None} for k in extras}
+    everywhere = set(roots)
+    while True:
+        try:
+            order = list(graphlib.TopologicalSorter(graph).static_order())
+            break
+        except graphlib.CycleError as error:
+            cycle = set(error.args[1])
+            everywhere |= cycle
+            for node in cycle:  # cut the cycle where it is: its members need no requirer
+                graph[node] = set()
+    markers: dict[str, set[str | None]] = {k: {None} for k in everywhere}
     for node in order:
-        if node not in roots:
+        if node not in everywhere:
             reached = {_both(m, edge) for parent, edge in required_by[node] if parent != node
                        for m in markers[parent]}  # fmt: skip
             markers[node] = {None} if None in reached else reached
