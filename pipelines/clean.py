@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
 
 from noisytail.cleaning.edits import cleaned_manifest
 from noisytail.cleaning.gallery import DECISION_COLUMNS, write_gallery
-from noisytail.cleaning.guard import check_evidence, keep_round_input
+from noisytail.cleaning.guard import (
+    carried_val_decisions,
+    check_evidence,
+    evidence_runs,
+    keep_round_input,
+)
 from noisytail.cleaning.reports import (
     clean_retention,
     decision_counts,
@@ -51,7 +56,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the cleaned manifest and report")
     parser.add_argument("--round", default="")
     parser.add_argument("--original", required=True, help="manifest before the first round")
-    parser.add_argument("--model", required=True, help="the round's model folder (its done.json)")
+    parser.add_argument("--model", required=True, help="the round's model folder (done.json)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -66,12 +71,16 @@ def main() -> None:
         judged = args.original if config.judge == "all" else args.manifest
         raise ManifestError(f"{args.predictions} does not predict the training split of {judged} "
                          f"(cleaning.judge: {config.judge}); re-run the predict stage")  # fmt: skip
-
-    embeddings = read_embeddings(args.predictions) if config.uses_neighbours else None
-    _, decided = judge_predictions(predictions, manifest.num_classes, config, embeddings)
-    evidence = check_evidence(Path(args.model) / "done.json", manifest.num_classes,
-                              config.min_val_gain)  # fmt: skip
+    # before the neighbour search: does the model that predicted know enough to clean with?
+    runs = evidence_runs(config, args.model, Path(args.predictions).parent)
+    val_classes = original.split("val")["label"].nunique()
+    evidence = check_evidence(runs, val_classes, config.min_val_gain)
     print(evidence.explain(args.round))
+    # a guarded round still scores (for the report and galleries), without the neighbour search
+    scoring = config if evidence.cleans else replace(config, neighbours=0)
+
+    embeddings = read_embeddings(args.predictions) if scoring.uses_neighbours else None
+    _, decided = judge_predictions(predictions, manifest.num_classes, scoring, embeddings)
     if not evidence.cleans:
         decided = keep_round_input(decided, round_input.split("train"))
     cleaned = cleaned_manifest(manifest, decided)
@@ -99,8 +108,12 @@ def main() -> None:
         }
     val_file = Path(args.predictions).with_name("val.parquet")  # a val cut from the given labels
     val_predictions = read_predictions(val_file, embedding=False) if val_file.is_file() else None
-    val_decided = judge_val(original.split("val"), val_predictions if evidence.cleans else None,
-                            original.num_classes, config, decided)  # fmt: skip
+    if evidence.cleans:
+        val_decided = judge_val(original.split("val"), val_predictions, original.num_classes,
+                                config, decided)  # fmt: skip
+    else:  # the last round's val decisions are what tuning reads: carry the input round's
+        previous = Path(args.manifest).parent / "val_decisions.parquet"
+        val_decided = carried_val_decisions(previous, original.split("val"))
     report["val"] = {"judged": int(val_decided["judged"].sum()),
                      "dropped": int((val_decided["action"] != "keep").sum())}  # fmt: skip
     if "true_label" in val_decided and val_decided["judged"].any():

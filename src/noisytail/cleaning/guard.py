@@ -7,12 +7,14 @@ mean class error 99.96, chance 99.998) dropped 21k samples at a precision of 0.2
 truth, where 15% of the labels were wrong (docs/results.md). On long-tailed data those clean
 samples are often a class's only images.
 
-So a round cleans only when its model's val mean class error is at least
-``cleaning.min_val_gain`` points below chance's, ``100 * (1 - 1 / classes)``; otherwise the round
-keeps its input unchanged and says why. The gain is read from the model's own record
-(``done.json``: the val error of the epoch whose weights ``model.safetensors`` holds), so the
-guard costs nothing and reads no truth. Without a val split there is nothing to judge by and the
-round cleans as configured.
+So a round cleans only when the model whose predictions it cleans with has a val mean class
+error at least ``cleaning.min_val_gain`` points below chance's, ``100 * (1 - 1 / classes)`` over
+the classes val holds (a model that always answers one class scores exactly that); otherwise the
+round keeps its input unchanged and says why. The error is read from the training runs' own
+records (``done.json``): the epoch whose weights predicted (the selected one, or
+``early_epoch`` for ``predictions: early``), the worst fold model for ``out_of_fold``. The guard
+reads no truth and costs nothing. Without a val error there is nothing to judge by and the round
+cleans as configured; ``min_val_gain: 0`` switches the guard off.
 """
 
 from __future__ import annotations
@@ -24,35 +26,54 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisytail.config.cleaning import CleaningConfig
+
 
 def chance_mean_class_error(num_classes: int) -> float:
-    """The expected mean class error (%) of a classifier that guesses uniformly."""
+    """The mean class error (%) of guessing: uniformly among ``num_classes``, or always one."""
     return 100.0 * (1.0 - 1.0 / max(num_classes, 1))
 
 
-def selected_val_error(done_file: str | Path) -> float | None:
-    """The val mean class error of the epoch a training run kept (``selected_epoch`` of its
-    ``done.json``), or None for a run without a val split."""
+def val_error_at(done_file: str | Path, epoch: int | None = None) -> float | None:
+    """The val mean class error after ``epoch`` (1-based; default the run's ``selected_epoch``)
+    of a training run's ``done.json``, or None for a run without a val split."""
     done_file = Path(done_file)
     if not done_file.is_file():
         raise FileNotFoundError(f"{done_file}: no finished training run there (run its train "
                                 f"stage first)")  # fmt: skip
     done = json.loads(done_file.read_text())
     history = done.get("history") or []
-    chosen = int(done.get("selected_epoch") or len(history))
-    if not history or not 1 <= chosen <= len(history):
+    chosen = int(epoch or done.get("selected_epoch") or len(history))
+    if not history:
         return None
+    if not 1 <= chosen <= len(history):
+        raise ValueError(f"{done_file} has {len(history)} epochs, not epoch {chosen} "
+                         f"(cleaning.early_epoch?)")  # fmt: skip
     error = history[chosen - 1].get("val_mean_class_error")
     return None if error is None else float(error)
+
+
+def evidence_runs(
+    config: CleaningConfig, model_dir: str | Path, predictions_dir: str | Path
+) -> list[tuple[Path, int | None]]:
+    """The training runs (``done.json``) whose weights predicted what the round cleans with,
+    each with the epoch they predicted at (None: the selected one)."""
+    if config.predictions == "early":
+        return [(Path(model_dir) / "done.json", config.early_epoch)]
+    if config.predictions == "out_of_fold":
+        folds = [Path(predictions_dir) / "folds" / f"fold_{k}" / "done.json"
+                 for k in range(config.folds)]  # fmt: skip
+        return [(fold, None) for fold in folds]
+    return [(Path(model_dir) / "done.json", None)]
 
 
 @dataclass(frozen=True)
 class EvidenceCheck:
     """A round's model against chance: does the round clean?"""
 
-    val_mean_class_error: float | None
+    val_mean_class_error: float | None  # the worst of the models that predicted
     chance_mean_class_error: float
-    min_val_gain: float
+    min_val_gain: float  # 0: the guard is off
 
     @property
     def gain(self) -> float | None:
@@ -63,8 +84,9 @@ class EvidenceCheck:
 
     @property
     def cleans(self) -> bool:
-        """True unless the model's val error is measured and too near chance."""
-        return self.gain is None or self.gain >= self.min_val_gain
+        """True unless the guard is on and the model's val error is measured and too near
+        chance's (or above it)."""
+        return self.min_val_gain <= 0 or self.gain is None or self.gain >= self.min_val_gain
 
     def report(self) -> dict:
         """The check's figures and verdict, for report_full.json."""
@@ -72,6 +94,8 @@ class EvidenceCheck:
 
     def explain(self, round_name: str) -> str:
         """One line for the log: what was measured and what the round does."""
+        if self.min_val_gain <= 0:
+            return f"round {round_name}: cleaning.min_val_gain 0, the chance guard is off"
         if self.gain is None:
             return (f"round {round_name}: no val error to judge the model by; cleaning as "
                     f"configured")  # fmt: skip
@@ -84,20 +108,45 @@ class EvidenceCheck:
                 f"(cleaning.min_val_gain {self.min_val_gain:g}): the round {verdict}")  # fmt: skip
 
 
-def check_evidence(done_file: str | Path, num_classes: int, min_val_gain: float) -> EvidenceCheck:
-    """Read a round model's val error and compare it with chance's for ``num_classes``."""
-    return EvidenceCheck(selected_val_error(done_file), chance_mean_class_error(num_classes),
-                         float(min_val_gain))  # fmt: skip
+def check_evidence(
+    runs: list[tuple[Path, int | None]], val_classes: int, min_val_gain: float
+) -> EvidenceCheck:
+    """Read the val error of each run that predicted (the worst counts) and compare it with
+    chance's over the ``val_classes`` classes val holds."""
+    errors = [val_error_at(done, epoch) for done, epoch in runs]
+    measured = [e for e in errors if e is not None]
+    worst = max(measured) if measured and len(measured) == len(errors) else None
+    return EvidenceCheck(worst, chance_mean_class_error(val_classes), float(min_val_gain))
 
 
 def keep_round_input(decided: pd.DataFrame, round_train: pd.DataFrame) -> pd.DataFrame:
     """Decisions that leave the round's input as it was: its training samples kept with the
-    labels they have there, any other judged sample (``judge: all``: dropped by an earlier
-    round) dropped. The scores stay, for the report and the galleries."""
+    labels they have there (``relabel`` where an earlier round changed it), any other judged
+    sample (``judge: all``: dropped by an earlier round) dropped. So a guarded round reports,
+    like any ``judge: all`` round, its decisions against the original labels. The scores stay,
+    for the report and the galleries."""
     labels = round_train.set_index("sample_id")["label"]
     current = decided["sample_id"].map(labels)
     inside = current.notna().to_numpy()
     out = decided.copy()
-    out["action"] = np.where(inside, "keep", "drop")
-    out["new_label"] = current.where(inside, out["label"]).astype("int64").to_numpy()
+    new_label = current.where(inside, out["label"]).astype("int64").to_numpy()
+    changed = new_label != out["label"].to_numpy()
+    out["action"] = np.where(~inside, "drop", np.where(changed, "relabel", "keep"))
+    out["new_label"] = new_label
     return out
+
+
+def carried_val_decisions(previous: str | Path, val: pd.DataFrame) -> pd.DataFrame:
+    """A guarded round's val decisions: the previous round's (``previous``, its
+    ``val_decisions.parquet``; tuning reads the last round's), or every val sample kept and not
+    judged where there is none (round 1, or a val of the data's own)."""
+    decided = val[["sample_id", "label"]].assign(judged=False, action="keep")
+    if "true_label" in val:
+        decided["true_label"] = val["true_label"].to_numpy()
+    if Path(previous).is_file():
+        before = pd.read_parquet(previous, columns=["sample_id", "judged", "action"])
+        before = before.set_index("sample_id")
+        ids = decided["sample_id"]
+        decided["judged"] = ids.map(before["judged"]).fillna(False).astype(bool).to_numpy()
+        decided["action"] = ids.map(before["action"]).fillna("keep").to_numpy()
+    return decided

@@ -41,7 +41,7 @@ class CleaningConfig:
     neighbour_index_threshold: int = 200_000  # this many samples (per fold model) up
     nprobe: int = 16  # faiss: inverted lists searched per query (recall against speed)
     neighbour_refinement: int = 4  # faiss: rounds of NN-descent local joins after (0: off)
-    min_val_gain: float = 1.0  # clean only if the model's val MCE is this far below chance's
+    min_val_gain: float = 1.0  # clean only if the val MCE is this far below chance's (0: off)
 
     def __post_init__(self) -> None:
         check_choice("cleaning.rule", self.rule, RULES)

@@ -14,7 +14,7 @@ its pin, so the model still installs on a machine without them.
 
 from __future__ import annotations
 
-import graphlib
+from collections import deque
 from importlib import metadata
 from pathlib import Path
 
@@ -83,28 +83,33 @@ def closure(names: set[str]) -> dict[str, set[str | None]]:
 def propagate_markers(
     roots: set[str], required_by: dict[str, set[tuple[str, str | None]]]
 ) -> dict[str, set[str | None]]:
-    """Each distribution's markers from its requirers' final markers, requirers first.
+    """Each distribution's markers: the union, over its requirers, of the requirer's markers
+    and the requirement's own (``{None}``, always, absorbs the rest).
 
-    Distributions that require each other (a cycle) have no requirers-first order: those on a
-    cycle are pinned everywhere (``{None}``), and the ones they require take their markers from
-    them as from any root; the rest of the graph keeps its markers."""
-    graph = {child: {p for p, _ in edges if p != child} for child, edges in required_by.items()}
-    everywhere = set(roots)
-    while True:
-        try:
-            order = list(graphlib.TopologicalSorter(graph).static_order())
-            break
-        except graphlib.CycleError as error:
-            cycle = set(error.args[1])
-            everywhere |= cycle
-            for node in cycle:  # cut the cycle where it is: its members need no requirer
-                graph[node] = set()
-    markers: dict[str, set[str | None]] = {k: {None} for k in everywhere}
-    for node in order:
-        if node not in everywhere:
-            reached = {_both(m, edge) for parent, edge in required_by[node] if parent != node
-                       for m in markers[parent]}  # fmt: skip
-            markers[node] = {None} if None in reached else reached
+    Recomputed from the requirers until nothing changes, so distributions that require each
+    other (a cycle: no requirers-first order exists) get the markers that enter the cycle from
+    outside, as the others do. It ends: a marker is a conjunction of distinct requirement
+    markers (``_both`` adds none twice), and there are finitely many."""
+    requirers_of = {child: {(p, e) for p, e in edges if p != child}
+                    for child, edges in required_by.items()}  # fmt: skip
+    required: dict[str, set[str]] = {}
+    for child, edges in requirers_of.items():
+        for parent, _ in edges:
+            required.setdefault(parent, set()).add(child)
+    markers: dict[str, set[str | None]] = {k: {None} for k in roots}
+    todo = deque(sorted(set(requirers_of) - roots))
+    queued = set(todo)
+    while todo:
+        node = todo.popleft()
+        queued.discard(node)
+        reached = {_both(m, edge) for parent, edge in requirers_of[node]
+                   for m in markers.get(parent, ())}  # fmt: skip
+        reached = {None} if None in reached else reached
+        if reached != markers.get(node):
+            markers[node] = reached
+            for child in sorted(required.get(node, set()) - roots - queued):
+                todo.append(child)
+                queued.add(child)
     return markers
 
 
