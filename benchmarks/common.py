@@ -22,8 +22,13 @@ def machine() -> dict:
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
+    flags = set()
+    with contextlib.suppress(OSError, StopIteration):
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split())  # fmt: skip
     return {
         "cpu": cpu,
+        "avx512": "avx512f" in flags,  # AMD EPYCs here come with and without (oneDNN's speed)
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
