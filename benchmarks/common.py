@@ -15,20 +15,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    flags = set()
-    with contextlib.suppress(OSError, StopIteration):
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split())  # fmt: skip
+    """The CPU (and whether it has AVX-512: AMD EPYCs here come with and without, and oneDNN's
+    speed differs), cores, threads, GPU, Python and torch."""
+    lines: list[str] = []
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               "unknown")  # fmt: skip
+    flags = next((set(line.split()) for line in lines if line.startswith("flags")), None)
     return {
         "cpu": cpu,
-        "avx512": "avx512f" in flags,  # AMD EPYCs here come with and without (oneDNN's speed)
+        "avx512": None if flags is None else "avx512f" in flags,  # None: not readable here
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
