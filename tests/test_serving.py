@@ -236,6 +236,17 @@ def test_a_requirement_cycle_keeps_the_markers_that_enter_it():
     assert into["a"] == into["b"] == {None} and into["c"] == {windows}
     # the same graph without the cycle gives the same markers
     assert propagate_markers({"app"}, {**required_by, "a": {("app", linux)}}) == markers
+    # marked edges inside cycles, another marker entering from outside (a graph on which a
+    # version that replaced markers instead of growing them went round forever)
+    m = [f'm{k} == "1"' for k in range(4)]
+    tangled = {"n0": {("n6", None), ("n4", m[2]), ("n3", None), ("app", None)},
+               "n1": {("n1", m[3]), ("n6", m[0])}, "n2": {("n0", None), ("n1", None)},
+               "n3": {("n5", None), ("n0", m[3])}, "n4": {("n1", m[0]), ("n4", m[1])},
+               "n5": {("n3", None), ("app", None)},
+               "n6": {("n4", m[0]), ("n0", m[2]), ("n3", m[0])}}  # fmt: skip
+    found = propagate_markers({"app"}, tangled)
+    assert found["n0"] == found["n5"] == found["n3"] == {None}  # reached unconditionally
+    assert all(any(m[0] in t for t in found[n]) for n in ("n1", "n4"))  # only through m0 edges
 
 
 @pytest.fixture(scope="module")

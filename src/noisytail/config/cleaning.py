@@ -54,6 +54,7 @@ class CleaningConfig:
         for name in non_negative:
             check_range(f"cleaning.{name}", getattr(self, name), 0)
         check_range("cleaning.folds", self.folds, 2)
+        check_range("cleaning.early_epoch", self.early_epoch, 1)
         check_choice("cleaning.neighbour_index", self.neighbour_index, SEARCHES)
         check_range("cleaning.nprobe", self.nprobe, 1)
         check_range("cleaning.neighbour_refinement", self.neighbour_refinement, 0)

@@ -14,6 +14,7 @@ its pin, so the model still installs on a machine without them.
 
 from __future__ import annotations
 
+import graphlib
 from collections import deque
 from importlib import metadata
 from pathlib import Path
@@ -86,24 +87,30 @@ def propagate_markers(
     """Each distribution's markers: the union, over its requirers, of the requirer's markers
     and the requirement's own (``{None}``, always, absorbs the rest).
 
-    Recomputed from the requirers until nothing changes, so distributions that require each
-    other (a cycle: no requirers-first order exists) get the markers that enter the cycle from
-    outside, as the others do. It ends: a marker is a conjunction of distinct requirement
-    markers (``_both`` adds none twice), and there are finitely many."""
+    Requirers first where there is such an order (one pass, each node from its requirers' final
+    markers). Distributions that require each other (a cycle) have none: there the markers are
+    grown to a fixed point, never dropping a term, so the cycle gets the markers that enter it
+    from outside. That ends: a node's set only grows, and its terms are conjunctions of distinct
+    requirement markers (``_both`` adds none twice), of which there are finitely many."""
     requirers_of = {child: {(p, e) for p, e in edges if p != child}
                     for child, edges in required_by.items()}  # fmt: skip
     required: dict[str, set[str]] = {}
     for child, edges in requirers_of.items():
         for parent, _ in edges:
             required.setdefault(parent, set()).add(child)
+    graph = {child: {p for p, _ in edges} for child, edges in requirers_of.items()}
+    try:
+        order = [n for n in graphlib.TopologicalSorter(graph).static_order() if n in graph]
+    except graphlib.CycleError:
+        order = sorted(graph)
     markers: dict[str, set[str | None]] = {k: {None} for k in roots}
-    todo = deque(sorted(set(requirers_of) - roots))
+    todo = deque(n for n in order if n not in roots)
     queued = set(todo)
     while todo:
         node = todo.popleft()
         queued.discard(node)
-        reached = {_both(m, edge) for parent, edge in requirers_of[node]
-                   for m in markers.get(parent, ())}  # fmt: skip
+        reached = markers.get(node, set()) | {_both(m, edge) for parent, edge in requirers_of[node]
+                                              for m in markers.get(parent, ())}  # fmt: skip
         reached = {None} if None in reached else reached
         if reached != markers.get(node):
             markers[node] = reached
