@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisytail.cleaning.rules import unjudged_val
 from noisytail.config.cleaning import CleaningConfig
 
 
@@ -140,9 +141,7 @@ def carried_val_decisions(previous: str | Path, val: pd.DataFrame) -> pd.DataFra
     """A guarded round's val decisions: the previous round's (``previous``, its
     ``val_decisions.parquet``; tuning reads the last round's), or every val sample kept and not
     judged where there is none (round 1, or a val of the data's own)."""
-    decided = val[["sample_id", "label"]].assign(judged=False, action="keep")
-    if "true_label" in val:
-        decided["true_label"] = val["true_label"].to_numpy()
+    decided = unjudged_val(val)
     if Path(previous).is_file():
         before = pd.read_parquet(previous, columns=["sample_id", "judged", "action"])
         before = before.set_index("sample_id")

@@ -155,6 +155,14 @@ def apply_class_floor(decided: pd.DataFrame, floor: int, score: np.ndarray) -> p
     return out
 
 
+def unjudged_val(val: pd.DataFrame) -> pd.DataFrame:
+    """Every val sample kept and not judged (with its ``true_label`` where known)."""
+    decided = val[["sample_id", "label"]].assign(judged=False, action="keep")
+    if "true_label" in val:
+        decided["true_label"] = val["true_label"].to_numpy()
+    return decided
+
+
 def judge_val(
     val: pd.DataFrame,
     predictions: pd.DataFrame | None,
@@ -169,9 +177,7 @@ def judge_val(
     score for ``per_class``, and no class floor (val's few images per class would otherwise
     always be kept). The tuning stage tunes on the ones kept. A val split of the data's own
     (``predictions`` None) is kept whole."""
-    decided = val[["sample_id", "label"]].assign(judged=False, action="keep")
-    if "true_label" in val:
-        decided["true_label"] = val["true_label"].to_numpy()
+    decided = unjudged_val(val)
     if predictions is None:
         return decided
     label = training["label"].to_numpy()
