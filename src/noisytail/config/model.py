@@ -34,6 +34,9 @@ class ModelConfig:
     in_chans: int = 1  # FMNIST-LT-N is grey; 3 for colour photos
     image_size: int = 32  # ViTs are built for this input size
     patch_size: int = 0  # ViTs: 0 keeps the backbone's own
+    # Backbone weights in NHWC: convolutions on CPU run faster on it (tf_efficientnet_lite0 at
+    # 64 px trains 1.8x faster here, resnet18 at 32 px 1.1x); numerics differ only in rounding.
+    channels_last: bool = False
 
     def resolved(self) -> ModelConfig:
         """The config with a preset name expanded to its timm name and options."""

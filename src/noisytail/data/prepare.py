@@ -31,7 +31,7 @@ def import_source(
         return import_fmnist_lt_n(
             image_dir, source_dir=data.fashion_mnist_dir, val_per_class=benchmark.val_per_class,
             n_max=benchmark.n_max, rho=benchmark.rho, noise_type=benchmark.noise_type,
-            eta=benchmark.eta, seed=seed,
+            eta=benchmark.eta, test_per_class=benchmark.test_per_class, seed=seed,
         )  # fmt: skip
     if data.source == "sku_lt_n":
         return import_sku_lt_n(image_dir, benchmark.sku_lt_n, seed)

@@ -83,9 +83,14 @@ def import_fmnist_lt_n(
     rho: float = 100.0,
     noise_type: str = "imb",
     eta: float = 0.4,
+    test_per_class: int = 0,
     seed: int = 0,
 ) -> Manifest:
-    """FMNIST-LT-N (shared/BENCHMARK.md): PNG files under ``out_dir`` and their manifest."""
+    """FMNIST-LT-N (shared/BENCHMARK.md): PNG files under ``out_dir`` and their manifest.
+
+    ``test_per_class`` k > 0 keeps the first k test images of each class in the official file's
+    order (the same subset for every seed): for profiles whose ten-crop views of 10,000 images
+    would cost more than their training."""
     source_dir = require_fashion_mnist(source_dir)
     train_images = read_idx(source_dir / FASHION_MNIST_FILES[0])
     train_labels = read_idx(source_dir / FASHION_MNIST_FILES[1])
@@ -101,6 +106,9 @@ def import_fmnist_lt_n(
         zip(used_train, _write_pngs(train_images, used_train, out_dir / "train", "train PNGs"))
     )
     test_index = np.arange(len(test_labels))
+    if test_per_class:
+        rank = pd.Series(test_labels).groupby(test_labels).cumcount().to_numpy()
+        test_index = test_index[rank < test_per_class]
     test_paths = _write_pngs(test_images, test_index, out_dir / "test", "test PNGs")
 
     def rows(index, labels, true_labels, split_name, paths, prefix):
@@ -118,7 +126,8 @@ def import_fmnist_lt_n(
                  [train_paths[i] for i in split.train_index], "train"),
             rows(split.val_index, train_labels[split.val_index], train_labels[split.val_index],
                  "val", [train_paths[i] for i in split.val_index], "train"),
-            rows(test_index, test_labels, test_labels, "test", test_paths, "test"),
+            rows(test_index, test_labels[test_index], test_labels[test_index], "test", test_paths,
+                 "test"),
         ],
         ignore_index=True,
     )  # fmt: skip

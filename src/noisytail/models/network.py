@@ -103,6 +103,8 @@ class NoisyTailNet(nn.Module):
         # weights so that evaluation and prediction use the same view (see data.transforms).
         self.view: dict | None = None
         self.backbone = create_backbone(config)
+        if config.channels_last:  # activations follow the weights' memory format
+            self.backbone.to(memory_format=torch.channels_last)
         width = self.backbone.num_features
         if config.embedding_dim:
             self.embedding: nn.Module = nn.Linear(width, config.embedding_dim)
