@@ -1,4 +1,4 @@
-"""The seed's Table 1 on FMNIST-LT-N: what each step of the method adds, test mean class error
+"""The seed's Table 1 for any profile: what each step of the method adds, test mean class error
 and the change from the row above, every choice made on val.
 
 Read from one `dvc repro` (metrics/, data/test_time/, tuned.yaml) and, for the plain timm
@@ -8,8 +8,16 @@ ablation_seed<s>.json). Rows follow the pipeline's order: the member `--member` 
 first in params.yaml) is trained on the last round's data, fine-tuned at high resolution,
 given a balanced classifier, then tau and TTA; then a 3-member and the 8-member ensemble.
 
+Beside it, per member, what each of the seed's test-time and hi-res components does on val (and
+test, only reported): hi-res against full (and the per-epoch val curve at each size), tau as tuned
+against the classifier as trained, and every FixRes scale x TTA mode against the plain centre view
+(tau off), over all val rows (tune decided on the rows the last round kept): the measured reason
+where a component does not help.
+
     make run && make ensemble
     python benchmarks/ablation.py
+    python benchmarks/ablation.py --params profiles/pretrained.yaml \
+        --baseline baseline_pretrained --name ablation_pretrained   # in a pretrained run
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from noisytail.config import load_params
 from noisytail.data.manifest import read_manifest
 from noisytail.members import ranked_on_val
 from noisytail.metrics import classification_report
-from noisytail.test_time.cache import load_views, split_rows
+from noisytail.test_time.cache import TTA_MODES, load_views, split_rows, tta_top_k
 from noisytail.test_time.scoring import ensemble_rows, read_rows
 
 
@@ -32,18 +40,58 @@ def member_metrics(name: str, step: str) -> dict:
     return json.loads(Path(f"metrics/members/{name}/{step}.json").read_text())
 
 
+def val_curve(name: str, step: str) -> list[float]:
+    done = json.loads(Path(f"models/members/{name}/{step}/done.json").read_text())
+    return [round(h["val_mean_class_error"], 2) for h in done["history"]]
+
+
+def component_effects(names: list[str], stored: dict, decisions: dict, num_classes: int) -> list:
+    """Per member: each component's val (and test) mean class error against what it replaces."""
+    effects = []
+    for name in names:
+        full, hires = member_metrics(name, "full"), member_metrics(name, "hires")
+        grid = {}
+        for scale, cache in stored[name].items():
+            for mode in TTA_MODES:
+                grid[f"{scale}/{mode}"] = {
+                    split: round(classification_report(
+                        tta_top_k(rows, None, mode)[0][:, 0], rows["label"], num_classes,
+                    )["mean_class_error"], 2)
+                    for split, rows in ((s, split_rows(cache, s)) for s in ("val", "test"))
+                }  # fmt: skip
+        plain = grid[f"{next(iter(stored[name]))}/none"]
+        best = min(grid, key=lambda k: (grid[k]["val"], k != f"{next(iter(stored[name]))}/none"))
+        tau = decisions[name]["tau"]
+        effects.append({
+            "member": name,
+            "hires_val_change": round(hires["val"]["mean_class_error"]
+                                      - full["val"]["mean_class_error"], 2),
+            "hires_test_change": round(hires["test"]["mean_class_error"]
+                                       - full["test"]["mean_class_error"], 2),
+            "full_val_curve": val_curve(name, "full"), "hires_val_curve": val_curve(name, "hires"),
+            "tau": tau["tuned"], "tau_val_change": tau["val_difference"], "tau_kept": tau["kept"],
+            "tta_best": best, "tta_val_change": round(grid[best]["val"] - plain["val"], 2),
+            "tta_test_change": round(grid[best]["test"] - plain["test"], 2),
+            "tta_kept": decisions[name]["tta"]["kept"], "tta_grid": grid,
+        })  # fmt: skip
+    return effects
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--member", default="")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--baseline", default="baseline", help="results/<name>.json: plain recipe")
+    parser.add_argument("--name", default="ablation", help="results/<name>[_seed<s>].json")
     args = parser.parse_args()
 
     params = load_params(args.params)
-    tuned = load_params("tuned.yaml")["members"]
+    tuned_file = load_params("tuned.yaml")
+    tuned = tuned_file["members"]
     names = list(params["members"])
     member = args.member or names[0]
     seed = int(params["seed"])
-    baseline = json.loads((RESULTS / "baseline.json").read_text())["summary"][str(seed)]
+    baseline = json.loads((RESULTS / f"{args.baseline}.json").read_text())["summary"][str(seed)]
     ensemble = read_rows("metrics/ensemble_rows.csv")
     last_round = params["cleaning"]["rounds"][-1]["round"]
     manifest = read_manifest("data/prepared/manifest.parquet")
@@ -104,9 +152,17 @@ def main() -> None:
         "plain_oracle": baseline["plain_oracle"],
         "moonshot_met": ensemble["ensemble"]["test"]["mean_class_error"] < baseline["plain_oracle"],
     }
+    effects = component_effects(names, stored, tuned_file["decisions"], manifest.num_classes)
+    print_table([{k: v for k, v in e.items() if not k.endswith(("grid", "curve"))}
+                 for e in effects])  # fmt: skip
+    summary["members_helped_on_val"] = {
+        component: sum(e[f"{component}_val_change"] < 0 for e in effects)
+        for component in ("hires", "tau", "tta")
+    }
+    summary["members"] = len(effects)
     print(json.dumps(summary, indent=1))
-    write_result("ablation" if seed == 0 else f"ablation_seed{seed}", rows, summary=summary,
-                 member=member, seed=seed)  # fmt: skip
+    write_result(args.name if seed == 0 else f"{args.name}_seed{seed}", rows, summary=summary,
+                 member=member, seed=seed, params=args.params, components=effects)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,11 +6,20 @@ normalised with Fashion-MNIST's mean / std; random crop 32 from the 4-px zero-pa
 horizontal flip; SGD momentum 0.9, weight decay 5e-4 on every parameter, batch 128, lr 0.05, one
 epoch of linear warm-up then cosine to 0 per step; the last epoch's weights.
 
-noisytail's recipe is ``params.yaml`` as it is (model, train, augment), through ``run_recipe``,
+With ``--params profiles/pretrained.yaml`` (any profile whose ``model.pretrained`` names a file)
+the plain recipe is the same ImageNet backbone fine-tuned on the profile's view: the ImageNet
+weights copied onto ``timm.create_model(backbone, num_classes=10)`` in order, the 28 px images
+resized to the profile's ``train.image_size`` in three channels with ImageNet's mean / std, random
+crop from a border of an eighth and a flip, the profile's optimizer, lr and weight decay, cosine;
+no embedding, no BNNeck, nothing else.
+
+noisytail's recipe is the params file as it is (model, train, augment), through ``run_recipe``,
 with the same number of epochs. Each benchmark seed draws its own FMNIST-LT-N (class order and
 noisy samples); both recipes train on the very same images. Test split only reported.
 
     python benchmarks/baseline.py [--seeds 0 1] [--epochs 15] [--work outputs/baseline]
+    python benchmarks/baseline.py --params profiles/pretrained.yaml --epochs 3 --seeds 0 \
+        --name baseline_pretrained
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +50,49 @@ from noisytail.prediction import evaluate_split
 from noisytail.training.recipes import run_recipe
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+@dataclass(frozen=True)
+class PlainRegime:
+    """What the plain recipe trains: resnet18 from scratch on 32 px grey (the default), or a
+    profile's pretrained backbone fine-tuned at its size in three channels."""
+
+    backbone: str = "resnet18"
+    weights: str = ""  # ImageNet weights whose tensors are copied onto the model in order
+    size: int = 32
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    warmup: bool = True
+    optimizer: str = "sgd"  # sgd (momentum 0.9) | adamw
+
+    @classmethod
+    def of(cls, params: dict) -> PlainRegime:
+        model, train = params["model"], params["train"]
+        if not model.get("pretrained"):
+            return cls()
+        backbone = ModelConfig(backbone=model["backbone"]).resolved().backbone
+        return cls(backbone, model["pretrained"], int(train["image_size"]),
+                   float(train["base_lr"]) * 128 / 256, float(train["weight_decay"]),
+                   warmup=bool(train.get("warmup_epochs", 0)),
+                   optimizer=train.get("optimizer", "sgd"))  # fmt: skip
+
+    def create(self, num_classes: int) -> torch.nn.Module:
+        if not self.weights:
+            return timm.create_model(self.backbone, num_classes=num_classes, in_chans=1)
+        model = timm.create_model(self.backbone, num_classes=num_classes)
+        state = torch.load(self.weights, map_location="cpu", weights_only=True)
+        names = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+        values = [v for k, v in state.items() if not k.endswith("num_batches_tracked")]
+        body = [n for n in names if not n.startswith(model.default_cfg["classifier"])]
+        model.load_state_dict(dict(zip(body, values)), strict=False)  # the new classifier stays
+        return model.to(memory_format=torch.channels_last)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (
+            (x - IMAGENET_MEAN) / IMAGENET_STD if self.weights else (x - FMNIST_MEAN) / FMNIST_STD
+        )
 
 
 def benchmark_data(seed: int, work: Path, params: dict) -> Manifest:
@@ -58,23 +110,39 @@ def with_true_labels(manifest: Manifest) -> Manifest:
     return manifest.with_table(manifest.table.assign(label=manifest.table["true_label"]))
 
 
-def images(manifest: Manifest, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """N x 1 x 32 x 32 floats in [0, 1] (28 px zero-padded to 32) and the given labels."""
+def images(
+    manifest: Manifest, split: str, regime: PlainRegime = PlainRegime()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x 1 x 32 x 32 floats in [0, 1] (28 px zero-padded to 32) and the given labels; for a
+    pretrained regime N x 3 x size x size (28 px resized, grey in three channels)."""
     dataset = ImageDataset.from_manifest(manifest, split, channels=1)
     pixels = np.stack([dataset.image(i) for i in range(len(dataset))])  # N x 28 x 28 x 1
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+    if regime.weights:
+        size = (regime.size, regime.size)
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+        return x.expand(-1, 3, -1, -1).contiguous(), dataset.labels
     return F.pad(x, (2, 2, 2, 2)), dataset.labels
 
 
-def plain_recipe(manifest: Manifest, epochs: int, seed: int) -> tuple[dict, float]:
+def plain_recipe(
+    manifest: Manifest, epochs: int, seed: int, regime: PlainRegime = PlainRegime()
+) -> tuple[dict, float]:
     """Train the plain recipe; return its test report and training images per second."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    x, y = images(manifest, "train")
-    model = timm.create_model("resnet18", num_classes=manifest.num_classes, in_chans=1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x, y = images(manifest, "train", regime)
+    model = regime.create(manifest.num_classes)
+    peak = regime.lr
+    if regime.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=peak,
+                                      weight_decay=regime.weight_decay)  # fmt: skip
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=peak, momentum=0.9,
+                                    weight_decay=regime.weight_decay)  # fmt: skip
     batch, steps_per_epoch = 128, len(x) // 128
-    total, warmup = epochs * steps_per_epoch, steps_per_epoch
+    total, warmup = epochs * steps_per_epoch, steps_per_epoch if regime.warmup else 0
+    size, border = x.shape[-1], 4 if not regime.weights else regime.size // 8
     step, seen, train_seconds = 0, 0, 0.0
     for _ in range(epochs):
         model.train()
@@ -82,28 +150,29 @@ def plain_recipe(manifest: Manifest, epochs: int, seed: int) -> tuple[dict, floa
         order = torch.randperm(len(x), generator=generator)
         for b in range(steps_per_epoch):
             index = order[b * batch : (b + 1) * batch]
-            padded = F.pad(x[index], (4, 4, 4, 4))  # zeros: black, as the padding to 32
-            dx, dy = torch.randint(0, 9, (2, len(index)), generator=generator)
-            crops = torch.stack([p[:, i : i + 32, j : j + 32] for p, i, j in zip(padded, dy, dx)])
+            padded = F.pad(x[index], (border,) * 4)  # zeros: black, as the padding to 32
+            dx, dy = torch.randint(0, 2 * border + 1, (2, len(index)), generator=generator)
+            crops = torch.stack(
+                [p[:, i : i + size, j : j + size] for p, i, j in zip(padded, dy, dx)]
+            )
             flip = torch.rand(len(index), generator=generator) < 0.5
             crops[flip] = crops[flip].flip(-1)
             if step < warmup:
-                lr = 0.05 * (step + 1) / warmup
+                lr = peak * (step + 1) / warmup
             else:
-                lr = 0.05 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+                lr = peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = F.cross_entropy(model((crops - FMNIST_MEAN) / FMNIST_STD), y[index])
+            loss = F.cross_entropy(model(regime.normalise(crops)), y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step, seen = step + 1, seen + len(index)
         train_seconds += time.perf_counter() - started
     model.eval()
-    test_x, test_y = images(manifest, "test")
+    test_x, test_y = images(manifest, "test", regime)
     with torch.no_grad():
-        pred = torch.cat([model((c - FMNIST_MEAN) / FMNIST_STD).argmax(1)
-                          for c in test_x.split(512)])  # fmt: skip
+        pred = torch.cat([model(regime.normalise(c)).argmax(1) for c in test_x.split(512)])
     counts = manifest.class_counts("train", "true_label").to_numpy()
     report = classification_report(pred.numpy(), test_y.numpy(), manifest.num_classes, counts)
     return report, seen / train_seconds
@@ -132,18 +201,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--work", default="outputs/baseline")
     parser.add_argument("--name", default="baseline", help="results/<name>.json")
+    parser.add_argument("--params", default="params.yaml", help="the profile (data, recipe)")
+    parser.add_argument("--recipes", nargs="+", default=["plain", "ours"],
+                        choices=["plain", "ours"])  # fmt: skip
     args = parser.parse_args()
-    params, work = load_params(), Path(args.work)
+    params, work = load_params(args.params), Path(args.work)
+    regime = PlainRegime.of(params)
 
     rows, summary = [], {}
     for seed in args.seeds:
         noisy = benchmark_data(seed, work, params)
         runs = {}
         for labels, manifest in (("noisy", noisy), ("oracle", with_true_labels(noisy))):
-            for recipe in ("plain", "ours"):
+            for recipe in args.recipes:
                 started = time.perf_counter()
                 if recipe == "plain":
-                    report, rate = plain_recipe(manifest, args.epochs, seed)
+                    report, rate = plain_recipe(manifest, args.epochs, seed, regime)
                 else:
                     out = work / f"seed{seed}_{labels}_recipe"
                     report, rate = noisytail_recipe(manifest, out, params, args.epochs, seed)
@@ -159,14 +232,18 @@ def main() -> None:
                 print_table(rows[-1:])
         summary[str(seed)] = {
             **{k: round(r["mean_class_error"], 2) for k, (r, _) in runs.items()},
-            "ours_noisy_few_accuracy": round(runs["ours_noisy"][0]["few_accuracy"], 2),
-            "img_s_ratio": round(float(np.mean(
-                [runs[f"ours_{k}"][1] / runs[f"plain_{k}"][1] for k in ("noisy", "oracle")]
-            )), 3),
-        }  # fmt: skip
+        }
+        if len(args.recipes) == 2:
+            summary[str(seed)].update({
+                "ours_noisy_few_accuracy": round(runs["ours_noisy"][0]["few_accuracy"], 2),
+                "img_s_ratio": round(float(np.mean(
+                    [runs[f"ours_{k}"][1] / runs[f"plain_{k}"][1] for k in ("noisy", "oracle")]
+                )), 3),
+            })  # fmt: skip
     print()
     print_table(rows)
-    write_result(args.name, rows, epochs=args.epochs, summary=summary,
+    write_result(args.name, rows, epochs=args.epochs, summary=summary, params=args.params,
+                 plain=regime.__dict__,
                  recipe={k: params[k] for k in ("model", "train", "augment")})  # fmt: skip
 
 
