@@ -169,3 +169,34 @@ def test_the_trained_top1_stays_in_the_cached_list():
     value, index = keep_trained_top1(raw.clone(), bias, 2)
     assert index.tolist() == [[[0, 3]], [[3, 2]]]  # sample 0: class 3 (3 + 5 = 8) brought in
     assert value.tolist() == [[[3.0, 0.0]], [[3.0, 2.0]]]  # its bias-free logit
+
+
+def test_ten_crop_at_the_pretrained_profiles_sizes_crops_the_enlarged_view():
+    """The seed's FixRes at profiles/pretrained.yaml's sizes: a member fine-tuned at 96 px with
+    the zoom geometry (train: resize 108, random crop 96; test: resize 108, centre crop 96) is
+    tested at scale s on the image resized to round(s * 108) and cut into ten 96 px views, so
+    an object is shown s times larger than in training; scale 1's centre view is the test view."""
+    import yaml
+    from conftest import REPO
+
+    profile = yaml.safe_load((REPO / "profiles" / "pretrained.yaml").read_text())
+    size = profile["hires"]["image_size"]
+    augment = AugmentConfig.from_params(profile["augment"])
+    assert (size, augment.crop, augment.margin) == (96, "zoom", 0.125)
+    source = np.zeros((28, 28, 3), dtype=np.uint8)
+    source[9:19, 9:19] = 255  # a 10 px square in the middle of a 28 px image
+    test_view = eval_transform(size, 3, augment)(image=source)["image"]
+    for scale in profile["test_time"]["scales"]:
+        image = enlarged_transform(size, 3, augment, scale)(image=source)["image"]
+        side = round(scale * 108)
+        assert image.shape == (3, side, side)
+        views = ten_crop(image[None], [size, size])
+        assert all(v.shape == (1, 3, size, size) for v in views)
+        torch.testing.assert_close(views[0][0], image[:, :size, :size])  # top-left corner
+        torch.testing.assert_close(views[3][0], image[:, -size:, -size:])  # bottom-right
+        centre = views[4][0, 0]
+        middle = (centre.max() + centre.min()) / 2  # the square at half its contrast
+        width = (centre[size // 2] > middle).sum().item()
+        assert abs(width - 10 * side / 28) <= 2, (scale, width)
+        if scale == 1.0:
+            torch.testing.assert_close(views[4][0], test_view)
