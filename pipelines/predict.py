@@ -21,7 +21,7 @@ from noisytail.data.manifest import ManifestError, read_manifest
 from noisytail.data.transforms import eval_transform
 from noisytail.errors import report_expected_errors
 from noisytail.models.network import load_network
-from noisytail.prediction import predict_top_k, write_predictions
+from noisytail.prediction import model_view, predict_top_k, write_predictions
 from noisytail.training.engine import make_accelerator
 
 
@@ -77,9 +77,10 @@ def main() -> None:
         model, classes = load_network(weights)
         if classes != manifest.classes:
             raise ManifestError(f"{weights} was trained on other classes than {args.manifest} has")
-        size, channels = train.get("image_size", 32), model.config.in_chans
+        size, view = model_view(model, train.get("image_size", 32), augment)
+        channels = model.config.in_chans
         dataset = ImageDataset.from_manifest(
-            manifest, args.split, eval_transform(size, channels, augment), channels=channels
+            manifest, args.split, eval_transform(size, channels, view), channels=channels
         )
         table = predict_top_k(
             model, dataset, accelerator, top_k=args.top_k,

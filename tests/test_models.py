@@ -9,6 +9,7 @@ from noisytail.models.network import (
     PretrainedWeightsError,
     build_network,
     create_backbone,
+    input_normalisation,
     load_network,
     save_network,
 )
@@ -135,3 +136,18 @@ def test_channels_last_network_computes_the_same_and_round_trips(tmp_path):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(images), fast(images))
+
+
+def test_input_normalisation_follows_the_pretrained_weights():
+    from dataclasses import replace
+
+    from noisytail.config import ConfigError
+
+    assert input_normalisation(ModelConfig()) == ((), ())  # from scratch: ImageNet's
+    lite = ModelConfig(backbone="tf_efficientnet_lite0", pretrained="lite0.pth")
+    assert input_normalisation(lite) == ((0.5,) * 3, (0.5,) * 3)  # what its weights saw
+    assert input_normalisation(replace(lite, normalization="imagenet")) == ((), ())
+    resnet = ModelConfig(backbone="resnet18", normalization="backbone")
+    assert input_normalisation(resnet) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with pytest.raises(ConfigError, match="model.normalization must be one of"):
+        ModelConfig(normalization="zscore")

@@ -81,3 +81,12 @@ def test_a_bad_value_is_named_before_any_work(section, key, value, named):
     params[section][key] = value
     with pytest.raises(ConfigError, match=re.escape(named)):
         check_params(params)
+
+
+def test_a_test_subset_outside_fmnist_lt_n_is_named():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["benchmark"]["test_per_class"] = 200
+    check_params(params)  # FMNIST-LT-N: the first 200 test images of each class
+    params["data"].update(source="table", path="your/data.csv")
+    with pytest.raises(ConfigError, match="benchmark.test_per_class subsets FMNIST-LT-N's"):
+        check_params(params)

@@ -210,3 +210,25 @@ def test_best_val_selection_writes_the_chosen_epochs_weights(tmp_path):
     chosen, best = (load_file(tmp_path / "run" / f"{name}.safetensors")
                     for name in ("model", "model_best"))  # fmt: skip
     assert all(torch.equal(chosen[k], best[k]) for k in chosen)
+
+
+def test_the_weights_input_statistics_are_used_in_training_and_saved_with_the_view(tmp_path):
+    """``model.normalization: backbone`` (``auto`` with pretrained weights) normalises with the
+    backbone's own mean / std (timm's test_resnet: 0.5), trains on it and saves it, so that
+    prediction and serving see the same inputs."""
+    from conftest import tiny_manifest
+
+    from noisytail.models.network import load_network
+    from noisytail.prediction import model_view
+
+    manifest = tiny_manifest(tmp_path / "toy")
+    model = replace(MODEL, normalization="backbone")
+    config = replace(TRAIN, epochs=1)
+    run_recipe(RecipeConfig(), model, config, NO_AUGMENT, manifest, tmp_path / "run")
+    saved, _ = load_network(tmp_path / "run" / "model.safetensors")
+    assert saved.view["mean"] == [0.5, 0.5, 0.5] and saved.view["std"] == [0.5, 0.5, 0.5]
+    _, view = model_view(saved)
+    assert view.mean == (0.5, 0.5, 0.5) and view.std == (0.5, 0.5, 0.5)
+    plain = run_recipe(RecipeConfig(), MODEL, config, NO_AUGMENT, manifest, tmp_path / "plain")
+    assert plain["final"]
+    assert load_network(tmp_path / "plain" / "model.safetensors")[0].view["mean"] == []

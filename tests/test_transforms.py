@@ -134,3 +134,21 @@ def test_unknown_or_bad_augment_parameter_is_named():
         AugmentConfig(crop="random")
     with pytest.raises(ValueError, match=r"augment.gaussian_blur must be in \[0.0, 1.0\], got 1.5"):
         AugmentConfig(gaussian_blur=1.5)
+    with pytest.raises(ValueError, match=r"augment.std must be three numbers \(std > 0\)"):
+        AugmentConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.0, 0.5))
+    with pytest.raises(ValueError, match="augment.mean must be three numbers"):
+        AugmentConfig(mean=(0.5,))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_views_mean_and_std_replace_imagenets(channels):
+    """The weights' own statistics (tf_efficientnet: 0.5 / 0.5) map 0..255 onto -1..1."""
+    image = np.zeros((8, 8, channels), dtype=np.uint8)
+    image[:4] = 255
+    half = AugmentConfig(margin=0.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # no resampling
+    for transform in (eval_transform(8, channels, half), train_transform(8, half, channels)):
+        out = transform(image=image)["image"]
+        assert out.shape[0] == channels
+        assert set(np.unique(out.numpy().round(4))) == {-1.0, 1.0}
+    imagenet = eval_transform(8, channels)(image=image)["image"]
+    assert imagenet.min() < -1.5  # ImageNet's mean / std: (0 - 0.45) / 0.226 = -2.0

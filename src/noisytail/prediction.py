@@ -154,7 +154,8 @@ def model_view(
     if not model.view:
         return size, augment
     view = model.view
-    return view["image_size"], AugmentConfig(crop=view["crop"], margin=view["margin"])
+    stats = {k: tuple(view[k]) for k in ("mean", "std") if view.get(k)}
+    return view["image_size"], AugmentConfig(crop=view["crop"], margin=view["margin"], **stats)
 
 
 def check_classes(classes: tuple[str, ...], manifest: Manifest, model_path: str) -> None:

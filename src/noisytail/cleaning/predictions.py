@@ -23,7 +23,7 @@ from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest
 from noisytail.data.transforms import eval_transform
 from noisytail.models.network import load_network
-from noisytail.prediction import predict_top_k
+from noisytail.prediction import model_view, predict_top_k
 from noisytail.training.recipes import run_recipe
 
 
@@ -132,7 +132,8 @@ def val_predictions(
 def _predict(model, rows, image_root, train_config, augment, top_k, accelerator) -> pd.DataFrame:
     """Top-k predictions and embeddings of ``rows`` at the training image size and geometry."""
     channels = model.config.in_chans
-    transform = eval_transform(train_config.image_size, channels, augment)
+    size, view = model_view(model, train_config.image_size, augment)  # as the model was trained
+    transform = eval_transform(size, channels, view)
     dataset = ImageDataset(rows, image_root, transform, channels=channels)
     return predict_top_k(model, dataset, accelerator, top_k=top_k, workers=train_config.workers,
                          with_embedding=True)  # fmt: skip

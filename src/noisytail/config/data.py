@@ -105,12 +105,21 @@ class AugmentConfig:
     horizontal_flip: float = 0.0
     vertical_flip: float = 0.0
     coarse_dropout: float = 0.0
+    # The input normalisation (RGB), resolved from `model.normalization` when training starts
+    # and saved with the model's view; () is ImageNet's. Left out of params.yaml (set it there
+    # only to override the weights' own).
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("augment.crop", self.crop, CROPS)
         for f in fields(self):
-            if f.name != "crop":  # the margin and the probabilities
+            if f.name not in ("crop", "mean", "std"):  # the margin and the probabilities
                 check_range(f"augment.{f.name}", getattr(self, f.name), 0.0, 1.0)
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (0, 3) or (name == "std" and min(values, default=1) <= 0):
+                raise ConfigError(f"augment.{name} must be three numbers (std > 0), got {values!r}")
 
     @classmethod
     def from_params(cls, params: Mapping | None) -> AugmentConfig:

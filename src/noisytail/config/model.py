@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from noisytail.config import check_choice
+
 # The seed's three backbones, and CPU-sized siblings that train the default benchmark.
 PRESETS: dict[str, dict] = {
     "resnest101": {"backbone": "resnest101e"},
@@ -17,6 +19,7 @@ PRESETS: dict[str, dict] = {
 
 
 VIT_PREFIXES = ("vit_", "deit", "test_vit", "eva", "beit")
+NORMALIZATIONS = ("auto", "imagenet", "backbone")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,12 @@ class ModelConfig:
     # Backbone weights in NHWC: convolutions on CPU run faster on it (tf_efficientnet_lite0 at
     # 64 px trains 1.8x faster here, resnet18 at 32 px 1.1x); numerics differ only in rounding.
     channels_last: bool = False
+    # auto: the pretrained weights' own input mean / std (timm's pretrained config: 0.5 for the
+    # tf_efficientnet families) when weights are loaded, ImageNet's otherwise | imagenet | backbone
+    normalization: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("model.normalization", self.normalization, NORMALIZATIONS)
 
     def resolved(self) -> ModelConfig:
         """The config with a preset name expanded to its timm name and options."""

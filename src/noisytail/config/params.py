@@ -84,8 +84,11 @@ def check_params(params: Mapping) -> None:
     _keys(params, "params.yaml", SECTIONS)
     if not isinstance(params.get("seed", 0), int):
         raise ConfigError(f"seed: expected an integer, got {params['seed']!r}")
-    from_mapping(DataConfig, params.get("data"), "data")
-    from_mapping(BenchmarkConfig, params.get("benchmark"), "benchmark")
+    data = from_mapping(DataConfig, params.get("data"), "data")
+    benchmark = from_mapping(BenchmarkConfig, params.get("benchmark"), "benchmark")
+    if benchmark.test_per_class and data.source != "fmnist_lt_n":
+        raise ConfigError(f"benchmark.test_per_class subsets FMNIST-LT-N's test only; with "
+                          f"data.source {data.source!r} set it to 0")  # fmt: skip
     AugmentConfig.from_params(params.get("augment"))
     check_model(from_mapping(ModelConfig, params.get("model"), "model"))
     train = dict(params.get("train") or {})

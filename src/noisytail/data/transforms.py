@@ -29,9 +29,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _normalize(channels: int) -> list:
-    mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
-    std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
+def _normalize(channels: int, config: AugmentConfig = AugmentConfig()) -> list:
+    """Normalise with ``config.mean`` / ``std`` (ImageNet's when empty); one channel: their mean."""
+    mean, std = tuple(config.mean) or IMAGENET_MEAN, tuple(config.std) or IMAGENET_STD
+    if channels != 3:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     return [A.Normalize(mean=mean, std=std), ToTensorV2()]
 
 
@@ -69,7 +71,7 @@ def train_transform(size: int, config: AugmentConfig = AugmentConfig(), channels
             fill=0,
             p=config.coarse_dropout,
         ),  # fmt: skip
-        *_normalize(channels),
+        *_normalize(channels, config),
     ]
     # Transforms whose probability is 0 never fire: leave them out (they still cost a call).
     steps = [t for t in steps if getattr(t, "p", 1) > 0]
@@ -83,7 +85,7 @@ def eval_transform(size: int, channels: int = 3, config: AugmentConfig = Augment
         steps = [A.Resize(height=resized, width=resized), A.CenterCrop(height=size, width=size)]
     else:
         steps = [A.Resize(height=size, width=size)]
-    return A.Compose([*steps, *_normalize(channels)], strict=True)
+    return A.Compose([*steps, *_normalize(channels, config)], strict=True)
 
 
 def seed_transform(transform: A.Compose, *seed: int) -> None:

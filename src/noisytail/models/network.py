@@ -58,6 +58,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state.get("model", state))
 
 
+def input_normalisation(config: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std images are normalised with for this model; ``((), ())`` for ImageNet's
+    (the transforms' default). ``backbone`` (and ``auto`` with pretrained weights) reads timm's
+    pretrained config of the backbone: what its weights were trained on."""
+    pretrained = config.pretrained not in ("", "none")
+    if config.normalization == "imagenet" or (config.normalization == "auto" and not pretrained):
+        return (), ()
+    cfg = timm.get_pretrained_cfg(config.resolved().backbone)
+    if cfg is None:
+        return (), ()
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
 def create_backbone(config: ModelConfig, num_classes: int = 0) -> nn.Module:
     """A timm model; ``num_classes=0`` gives pooled features (``model.num_features`` wide)."""
     config = config.resolved()

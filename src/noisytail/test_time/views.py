@@ -33,7 +33,9 @@ def enlarged_transform(size: int, channels: int, augment: AugmentConfig, scale: 
     """Resize to ``scale`` times the evaluation resize (crops are cut from the batch)."""
     base = _zoomed(size, augment) if augment.crop == "zoom" else size
     side = max(size, round(scale * base))
-    return A.Compose([A.Resize(height=side, width=side), *_normalize(channels)], strict=True)
+    return A.Compose(
+        [A.Resize(height=side, width=side), *_normalize(channels, augment)], strict=True
+    )
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, manifest_digest
 from noisytail.data.transforms import eval_transform, train_transform
-from noisytail.models.network import NoisyTailNet, build_network
+from noisytail.models.network import NoisyTailNet, build_network, input_normalisation
 from noisytail.tracking import RunTracker
 from noisytail.training.checkpoints import (
     claim_run_dir,
@@ -148,7 +148,11 @@ def run_recipe(
     seed_everything(seed, train_config.deterministic)
     model, frozen = build_recipe_model(recipe, model_config, manifest.num_classes)
     channels, size = model_config.in_chans, train_config.image_size
-    model.view = {"image_size": size, "crop": augment.crop, "margin": augment.margin}
+    if not augment.mean:  # the weights' own input statistics (model.normalization)
+        mean, std = input_normalisation(model_config)
+        augment = replace(augment, mean=mean, std=std)
+    model.view = {"image_size": size, "crop": augment.crop, "margin": augment.margin,
+                  "mean": list(augment.mean), "std": list(augment.std)}  # fmt: skip
     rows = training_rows(recipe, manifest)
     train_set = ImageDataset(
         rows, manifest.image_root, train_transform(size, augment, channels), channels, seed
