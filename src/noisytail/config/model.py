@@ -37,8 +37,9 @@ class ModelConfig:
     in_chans: int = 1  # FMNIST-LT-N is grey; 3 for colour photos
     image_size: int = 32  # ViTs are built for this input size
     patch_size: int = 0  # ViTs: 0 keeps the backbone's own
-    # Backbone weights in NHWC: convolutions on CPU run faster on it (tf_efficientnet_lite0 at
-    # 64 px trains 1.8x faster here, resnet18 at 32 px 1.1x); numerics differ only in rounding.
+    # Backbone weights in NHWC: convolutions on CPU run faster on it (a tf_efficientnet_lite0
+    # step at 64 px 1.87x, resnet18's at 32 px 1.09x: benchmarks/results/channels_last.json);
+    # numerics differ only in rounding.
     channels_last: bool = False
     # auto: the pretrained weights' own input mean / std (timm's pretrained config: 0.5 for the
     # tf_efficientnet families) when weights are loaded, ImageNet's otherwise | imagenet | backbone
