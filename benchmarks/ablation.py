@@ -144,13 +144,13 @@ def main() -> None:
         from_ensemble("+ TTA", f"{member}/tau+tta"),
         row(f"+ 3-member ensemble ({', '.join(three)})", small["val"]["mean_class_error"],
             small["test"]["mean_class_error"]),
-        from_ensemble(f"+ {len(names)}-member ensemble (tuned weights)", "ensemble"),
+        from_ensemble(f"+ all {len(names)} members (weights tuned on val)", "ensemble"),
         row("plain timm recipe, TRUE labels", None, baseline["plain_oracle"]),
     ]  # fmt: skip
     previous = None
-    for i, r in enumerate(rows[:-1]):
-        if i == 4 and r["step"].endswith("made val worse)"):
-            previous = rows[2]["test_mce"]  # the balance step started from full, not hi-res
+    for r in rows[:-1]:
+        if r["step"].endswith("made val worse)"):  # the balance step started from full
+            previous = next(x["test_mce"] for x in rows if x["step"].startswith("+ cleaning"))
         r["delta"] = None if previous is None else round(r["test_mce"] - previous, 2)
         previous = r["test_mce"]
     rows[-1]["delta"] = None

@@ -9,7 +9,8 @@ epoch of linear warm-up then cosine to 0 per step; the last epoch's weights.
 With ``--params profiles/pretrained.yaml`` (any profile whose ``model.pretrained`` names a file)
 the plain recipe is the same ImageNet backbone fine-tuned on the profile's view: the ImageNet
 weights copied onto ``timm.create_model(backbone, num_classes=10)`` in order, the 28 px images
-resized to the profile's ``train.image_size`` in three channels with ImageNet's mean / std, random
+resized to the profile's ``train.image_size`` in three channels with the mean / std the profile's
+``model.normalization`` gives (ImageNet's for ``imagenet``), random
 crop from a border of an eighth and a flip, the profile's optimizer, lr and weight decay, cosine;
 no embedding, no BNNeck, nothing else.
 
@@ -88,7 +89,7 @@ class PlainRegime:
         if not self.weights:
             return timm.create_model(self.backbone, num_classes=num_classes, in_chans=1)
         config = ModelConfig(backbone=self.backbone, pretrained=self.weights,
-                             key_map=self.key_map, in_chans=3)  # fmt: skip
+                             key_map=self.key_map, in_chans=3, image_size=self.size)  # fmt: skip
         model = create_backbone(config)  # features only: the file's classifier is not loaded
         model.reset_classifier(num_classes)
         return model.to(memory_format=torch.channels_last)

@@ -229,6 +229,10 @@ def test_the_weights_input_statistics_are_used_in_training_and_saved_with_the_vi
     assert saved.view["mean"] == [0.5, 0.5, 0.5] and saved.view["std"] == [0.5, 0.5, 0.5]
     _, view = model_view(saved)
     assert view.mean == (0.5, 0.5, 0.5) and view.std == (0.5, 0.5, 0.5)
+    # a fine-tune keeps the inputs its starting model saw, whatever the config now says
+    start = RecipeConfig("hires", init_from=str(tmp_path / "run" / "model.safetensors"))
+    run_recipe(start, MODEL, config, NO_AUGMENT, manifest, tmp_path / "hires")
+    assert load_network(tmp_path / "hires" / "model.safetensors")[0].view["mean"] == [0.5] * 3
     plain = run_recipe(RecipeConfig(), MODEL, config, NO_AUGMENT, manifest, tmp_path / "plain")
     assert plain["final"]
     assert load_network(tmp_path / "plain" / "model.safetensors")[0].view["mean"] == []

@@ -138,6 +138,12 @@ def test_unknown_or_bad_augment_parameter_is_named():
         AugmentConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.0, 0.5))
     with pytest.raises(ValueError, match="augment.mean must be three numbers"):
         AugmentConfig(mean=(0.5,))
+    with pytest.raises(ValueError, match="augment.mean must be three numbers"):
+        AugmentConfig.from_params({"mean": 0.5, "std": [0.5, 0.5, 0.5]})
+    with pytest.raises(ValueError, match="augment.mean and augment.std: set both or neither"):
+        AugmentConfig(std=(0.5, 0.5, 0.5))
+    given = AugmentConfig.from_params({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    assert given.mean == (0.5, 0.5, 0.5) and hash(given)  # YAML's lists become tuples
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -118,8 +118,15 @@ class AugmentConfig:
                 check_range(f"augment.{f.name}", getattr(self, f.name), 0.0, 1.0)
         for name in ("mean", "std"):
             values = getattr(self, name)
-            if len(values) not in (0, 3) or (name == "std" and min(values, default=1) <= 0):
+            if (
+                not isinstance(values, (list, tuple))
+                or len(values) not in (0, 3)
+                or (name == "std" and min(values, default=1) <= 0)
+            ):
                 raise ConfigError(f"augment.{name} must be three numbers (std > 0), got {values!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))  # YAML gives lists
+        if bool(self.mean) != bool(self.std):
+            raise ConfigError("augment.mean and augment.std: set both or neither")
 
     @classmethod
     def from_params(cls, params: Mapping | None) -> AugmentConfig:

@@ -13,6 +13,7 @@ sampler it imposes; ``run_recipe`` does the rest the same way for all of them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -148,9 +149,7 @@ def run_recipe(
     seed_everything(seed, train_config.deterministic)
     model, frozen = build_recipe_model(recipe, model_config, manifest.num_classes)
     channels, size = model_config.in_chans, train_config.image_size
-    if not augment.mean:  # the weights' own input statistics (model.normalization)
-        mean, std = input_normalisation(model_config)
-        augment = replace(augment, mean=mean, std=std)
+    augment = resolved_normalisation(augment, model_config, recipe)
     model.view = {"image_size": size, "crop": augment.crop, "margin": augment.margin,
                   "mean": list(augment.mean), "std": list(augment.std)}  # fmt: skip
     rows = training_rows(recipe, manifest)
@@ -192,6 +191,22 @@ def recipe_fingerprint(
                            seed)  # fmt: skip
 
 
+def resolved_normalisation(
+    augment: AugmentConfig, model_config: ModelConfig, recipe: RecipeConfig
+) -> AugmentConfig:
+    """``augment`` with the input mean / std the model trains on: given ones; else the model it
+    starts from was trained on (a fine-tune keeps its inputs); else ``model.normalization``'s."""
+    if augment.mean:
+        return augment
+    if recipe.init_from:
+        meta = Path(recipe.init_from).with_suffix(".json")
+        view = json.loads(meta.read_text()).get("view") or {} if meta.is_file() else {}
+        if view.get("mean"):
+            return replace(augment, mean=tuple(view["mean"]), std=tuple(view["std"]))
+    mean, std = input_normalisation(model_config)
+    return replace(augment, mean=mean, std=std)
+
+
 def claim_recipe_dir(out_dir: str | Path, fingerprint: str, accelerator) -> None:
     """Before anything is logged: a run folder left by other inputs is emptied (its checkpoints,
     model and MLflow run id), so that a changed run opens a new MLflow run instead of logging
@@ -217,8 +232,9 @@ def run_tracked_recipe(
 ) -> dict:
     """``run_recipe`` logged to ``tracker``: its configs, the training rows as a dataset
     (``dataset`` = source path, name, DVC round), per-epoch and final metrics, the model."""
+    shown = resolved_normalisation(augment, model_config, recipe)  # the mean / std it uses
     tracker.log_params({"recipe": asdict(recipe), "model": asdict(model_config),
-                        "train": asdict(train_config), "augment": asdict(augment),
+                        "train": asdict(train_config), "augment": asdict(shown),
                         "seed": seed, "num_processes": accelerator.num_processes})  # fmt: skip
     if dataset is not None:
         rows = manifest.split("train")
