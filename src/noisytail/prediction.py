@@ -154,7 +154,7 @@ def model_view(
     if not model.view:
         return size, augment
     view = model.view
-    stats = {k: tuple(view[k]) for k in ("mean", "std") if view.get(k)}
+    stats = {k: view[k] for k in ("mean", "std") if view.get(k)}  # AugmentConfig makes tuples
     return view["image_size"], AugmentConfig(crop=view["crop"], margin=view["margin"], **stats)
 
 

@@ -31,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _normalize(channels: int, config: AugmentConfig = AugmentConfig()) -> list:
     """Normalise with ``config.mean`` / ``std`` (ImageNet's when empty); one channel: their mean."""
-    mean, std = tuple(config.mean) or IMAGENET_MEAN, tuple(config.std) or IMAGENET_STD
+    mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
     if channels != 3:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     return [A.Normalize(mean=mean, std=std), ToTensorV2()]

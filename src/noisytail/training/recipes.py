@@ -200,9 +200,9 @@ def resolved_normalisation(
         return augment
     if recipe.init_from:
         meta = Path(recipe.init_from).with_suffix(".json")
-        view = json.loads(meta.read_text()).get("view") or {} if meta.is_file() else {}
+        view = (json.loads(meta.read_text()).get("view") or {}) if meta.is_file() else {}
         if view.get("mean"):
-            return replace(augment, mean=tuple(view["mean"]), std=tuple(view["std"]))
+            return replace(augment, mean=view["mean"], std=view["std"])
     mean, std = input_normalisation(model_config)
     return replace(augment, mean=mean, std=std)
 
