@@ -29,21 +29,57 @@ from pathlib import Path
 from common import RESULTS, print_table, write_result
 
 from noisytail.config import load_params
-from noisytail.data.manifest import read_manifest
+from noisytail.data.manifest import Manifest, read_manifest
 from noisytail.members import ranked_on_val
 from noisytail.metrics import classification_report
 from noisytail.test_time.cache import TTA_MODES, load_views, split_rows, tta_top_k
 from noisytail.test_time.scoring import ensemble_rows, read_rows
 
 
-def member_metrics(name: str, step: str) -> dict:
-    return json.loads(Path(f"metrics/members/{name}/{step}.json").read_text())
+def member_metrics(name: str, step: str, run: Path = Path(".")) -> dict:
+    return json.loads((run / f"metrics/members/{name}/{step}.json").read_text())
 
 
 def val_curve(name: str, step: str) -> list[float]:
     """A member step's val mean class error after each of its epochs."""
     done = json.loads(Path(f"models/members/{name}/{step}/done.json").read_text())
     return [round(h["val_mean_class_error"], 2) for h in done["history"]]
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_true_label_run(run: Path, params: dict, manifest: Manifest) -> list[str]:
+    """The run on the true labels must be this run with ``benchmark.eta: 0`` and nothing else that
+    changes the data: the same seed, source and draw, hence the very images and splits (FMNIST-LT-N
+    draws the long tail before it flips labels). Returns the other settings that differ (a code
+    version's new keys, say), for the record; a different draw is an error."""
+    other = load_params(run / "params.yaml")
+    if float(other["benchmark"]["eta"]) != 0.0:
+        raise SystemExit(f"{run}/params.yaml: benchmark.eta is {other['benchmark']['eta']}, not 0")
+    mine, theirs = flat(params), flat(other)
+    differ = sorted(k for k in mine.keys() | theirs.keys()
+                    if k != "benchmark.eta" and mine.get(k) != theirs.get(k))  # fmt: skip
+    data = [k for k in differ if k == "seed" or k.startswith(("data.", "benchmark."))]
+    if data:
+        raise SystemExit(f"{run}: not the same data as this run ({', '.join(data)} differ)")
+    columns = ["sample_id", "split", "true_label"]
+    same = read_manifest(run / "data/prepared/manifest.parquet").table[columns]
+    if (
+        not same.sort_values("sample_id")
+        .reset_index(drop=True)
+        .equals(manifest.table[columns].sort_values("sample_id").reset_index(drop=True))
+    ):
+        raise SystemExit(f"{run}: its prepared images, splits or true labels are not this run's")
+    return differ
 
 
 def component_effects(
@@ -85,68 +121,87 @@ def component_effects(
     return effects
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--member", default="")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--baseline", default="baseline", help="results/<name>.json: plain recipe")
-    parser.add_argument("--name", default="ablation", help="results/<name>[_seed<s>].json")
-    args = parser.parse_args()
+def row(step: str, val: float | None, test: float) -> dict:
+    return {"step": step, "val_mce": None if val is None else round(val, 2),
+            "test_mce": round(test, 2)}  # fmt: skip
 
-    params = load_params(args.params)
-    tuned_file = load_params("tuned.yaml")
-    tuned = tuned_file["members"]
+
+def pipeline_rows(run: Path, params: dict, member: str) -> list[dict]:
+    """Table 1's rows from one run's outputs: round 1's model, ``member`` step by step on the last
+    round's data, tau, TTA, the 3 members best on val and the tuned ensemble (val and test)."""
+    tuned = load_params(run / "tuned.yaml")["members"]
     names = list(params["members"])
-    member = args.member or names[0]
-    seed = int(params["seed"])
-    baseline = json.loads((RESULTS / f"{args.baseline}.json").read_text())["summary"][str(seed)]
-    ensemble = read_rows("metrics/ensemble_rows.csv")
-    last_round = params["cleaning"]["rounds"][-1]["round"]
-    manifest = read_manifest("data/prepared/manifest.parquet")
+    ensemble = read_rows(run / "metrics/ensemble_rows.csv")
+    manifest = read_manifest(run / "data/prepared/manifest.parquet")
     counts = manifest.class_counts("train", "true_label").to_numpy()
     scales = params["test_time"]["scales"]
-    top = params["tuning"]["top"]
+    last_round = params["cleaning"]["rounds"][-1]["round"]
 
     # A 3-member ensemble: the three best members on val (after tau and TTA), equal weights.
     three = ranked_on_val({m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"]
                            for m in names})[:3]  # fmt: skip
-    stored = {m: load_views(Path("data/test_time") / m, scales) for m in names}
+    stored = {m: load_views(run / "data/test_time" / m, scales) for m in names}
     small = {}
     for split in ("val", "test"):
         views = {m: {s: split_rows(c, split) for s, c in stored[m].items()} for m in names}
         labels = views[names[0]][f"{scales[0]:g}"]["label"]
-        rows, _ = ensemble_rows(views, tuned, f"{scales[0]:g}", top, {"three": three})
+        rows, _ = ensemble_rows(views, tuned, f"{scales[0]:g}", params["tuning"]["top"],
+                                {"three": three})  # fmt: skip
         small[split] = classification_report(rows["three"][:, 0], labels, manifest.num_classes,
                                              counts)  # fmt: skip
 
-    def row(step: str, val: float | None, test: float) -> dict:
-        return {"step": step, "val_mce": None if val is None else round(val, 2),
-                "test_mce": round(test, 2)}  # fmt: skip
-
     def from_members(step: str, file: str) -> dict:
-        m = member_metrics(member, file)
+        m = member_metrics(member, file, run)
         return row(step, m["val"]["mean_class_error"], m["test"]["mean_class_error"])
 
     def from_ensemble(step: str, key: str) -> dict:
         m = ensemble[key]
         return row(step, m["val"]["mean_class_error"], m["test"]["mean_class_error"])
 
-    rows = [
-        row("plain timm recipe, noisy labels", None, baseline["plain_noisy"]),
+    round_1 = json.loads((run / "metrics/round_1.json").read_text())
+    return [
         row("noisytail recipe, noisy labels (round 1's model)", None,
-            json.loads(Path("metrics/round_1.json").read_text())["test"]["mean_class_error"]),
+            round_1["test"]["mean_class_error"]),
         from_members(f"+ cleaning: {member} on round {last_round}'s data", "full"),
         from_members("+ hi-res fine-tune", "hires"),
         from_members("+ balanced classifier" + (
             " (from full: hi-res made val worse)"
-            if member_metrics(member, "balance").get("start") == "full" else ""), "balance"),
+            if member_metrics(member, "balance", run).get("start") == "full" else ""), "balance"),
         from_ensemble("+ tau", f"{member}/tau"),
         from_ensemble("+ TTA", f"{member}/tau+tta"),
         row(f"+ 3-member ensemble ({', '.join(three)})", small["val"]["mean_class_error"],
             small["test"]["mean_class_error"]),
         from_ensemble(f"+ all {len(names)} members (weights tuned on val)", "ensemble"),
-        row("plain timm recipe, TRUE labels", None, baseline["plain_oracle"]),
     ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--member", default="")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--baseline", default="baseline", help="results/<name>.json: plain recipe")
+    parser.add_argument("--name", default="ablation", help="results/<name>[_seed<s>].json")
+    parser.add_argument(
+        "--true-labels-run",
+        type=Path,
+        default=None,
+        help="a finished run of these params with benchmark.eta: 0: the noise cost",
+    )
+    args = parser.parse_args()  # fmt: skip
+
+    params = load_params(args.params)
+    names = list(params["members"])
+    member = args.member or names[0]
+    seed = int(params["seed"])
+    baseline = json.loads((RESULTS / f"{args.baseline}.json").read_text())["summary"][str(seed)]
+    ensemble = read_rows("metrics/ensemble_rows.csv")
+    manifest = read_manifest("data/prepared/manifest.parquet")
+
+    rows = [
+        row("plain timm recipe, noisy labels", None, baseline["plain_noisy"]),
+        *pipeline_rows(Path("."), params, member),
+        row("plain timm recipe, TRUE labels", None, baseline["plain_oracle"]),
+    ]
     previous = None
     for r in rows[:-1]:
         if r["step"].endswith("made val worse)"):  # the balance step started from full
@@ -154,16 +209,32 @@ def main() -> None:
         r["delta"] = None if previous is None else round(r["test_mce"] - previous, 2)
         previous = r["test_mce"]
     rows[-1]["delta"] = None
+    summary: dict = {}
+    if args.true_labels_run is not None:  # the same pipeline, row by row, on the true labels
+        differ = check_true_label_run(args.true_labels_run, params, manifest)
+        true_params = load_params(args.true_labels_run / "params.yaml")
+        for r, t in zip(rows[1:-1], pipeline_rows(args.true_labels_run, true_params, member)):
+            r["true_labels_val_mce"], r["true_labels_test_mce"] = t["val_mce"], t["test_mce"]
+            r["noise_cost"] = round(r["test_mce"] - t["test_mce"], 2)
+        summary["true_labels_run"] = {"run": str(args.true_labels_run), "other_settings": differ}
     print_table(rows)
     best = ranked_on_val({m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"] for m in names})[0]
-    summary = {
+    full = ensemble["ensemble"]["test"]["mean_class_error"]
+    summary.update({
         "plain_noisy": baseline["plain_noisy"],
-        "full_pipeline": ensemble["ensemble"]["test"]["mean_class_error"],
+        "full_pipeline": full,
         "best_member": ensemble[f"{best}/tau+tta"]["test"]["mean_class_error"],
         "best_member_name": best,
         "plain_oracle": baseline["plain_oracle"],
-        "moonshot_met": ensemble["ensemble"]["test"]["mean_class_error"] < baseline["plain_oracle"],
-    }
+        "moonshot_met": full < baseline["plain_oracle"],
+    })  # fmt: skip
+    if args.true_labels_run is not None:  # MCE(noisy) - MCE(true), the full pipeline, test
+        summary["full_pipeline_true_labels"] = rows[-2]["true_labels_test_mce"]
+        summary["noise_cost"] = rows[-2]["noise_cost"]
+        summary["noise_cost_under_1"] = rows[-2]["noise_cost"] < 1.0
+    tuned_file = load_params("tuned.yaml")
+    stored = {m: load_views(Path("data/test_time") / m, params["test_time"]["scales"])
+              for m in names}  # fmt: skip
     effects = component_effects(names, stored, tuned_file["decisions"], manifest.num_classes)
     print_table([{k: v for k, v in e.items() if not k.endswith(("grid", "curve"))}
                  for e in effects])  # fmt: skip

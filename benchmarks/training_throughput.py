@@ -20,13 +20,14 @@ from torch.utils.data import DataLoader
 from noisytail.config import from_mapping, load_params
 from noisytail.config.data import AugmentConfig
 from noisytail.config.model import ModelConfig
-from noisytail.config.training import TrainConfig
+from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import read_manifest
 from noisytail.data.samplers import build_sampler
 from noisytail.data.transforms import eval_transform, train_transform
 from noisytail.models.network import build_network
 from noisytail.training.engine import build_optimizer, fit, seed_everything
+from noisytail.training.recipes import resolved_normalisation
 
 
 def bare_epoch(model, dataset, config: TrainConfig) -> float:
@@ -66,7 +67,8 @@ def main() -> None:
     model_config = from_mapping(ModelConfig, params["model"], "model")
     config = from_mapping(TrainConfig, params["train"], "train")
     config = TrainConfig(**{**config.__dict__, "epochs": 1, "warmup_epochs": 0})
-    augment = AugmentConfig.from_params(params.get("augment"))
+    augment = AugmentConfig.from_params(params.get("augment"))  # the full recipe's mean / std:
+    augment = resolved_normalisation(augment, model_config, RecipeConfig())  # model.normalization
     channels = model_config.in_chans
     dataset = ImageDataset.from_manifest(
         manifest, "train", train_transform(config.image_size, augment, channels), channels=channels
