@@ -14,16 +14,23 @@ against the classifier as trained, and every FixRes scale x TTA mode against the
 (tau off), over all val rows (tune decided on the rows the last round kept): the measured reason
 where a component does not help.
 
+The noise cost (``--true-labels-run DIR``): DIR is a finished run of the same pipeline on the true
+labels of the same images (these params with ``benchmark.eta: 0``; checked on the prepared
+manifests and image files); each row gets its figures there and ``noise_cost`` = test MCE on the
+noisy labels minus on the true ones.
+
     make run && make ensemble
     python benchmarks/ablation.py
     python benchmarks/ablation.py --params profiles/pretrained.yaml \
         --baseline baseline_pretrained --name ablation_pretrained   # in a pretrained run
+    python benchmarks/ablation.py ... --true-labels-run ../eta0   # a clone run at eta 0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from common import RESULTS, print_table, write_result
@@ -58,27 +65,33 @@ def flat(tree: dict, prefix: str = "") -> dict:
 
 
 def check_true_label_run(run: Path, params: dict, manifest: Manifest) -> list[str]:
-    """The run on the true labels must be this run with ``benchmark.eta: 0`` and nothing else that
-    changes the data: the same seed, source and draw, hence the very images and splits (FMNIST-LT-N
-    draws the long tail before it flips labels). Returns the other settings that differ (a code
-    version's new keys, say), for the record; a different draw is an error."""
+    """The run on the true labels must hold this run's very images and splits, every training
+    label its true one: checked on what the runs prepared (their manifests and a sample of the
+    image files), not on their params. Returns the settings that differ between the two
+    params.yaml files (a code version's new key, say), printed and kept for the record."""
     other = load_params(run / "params.yaml")
-    if float(other["benchmark"]["eta"]) != 0.0:
-        raise SystemExit(f"{run}/params.yaml: benchmark.eta is {other['benchmark']['eta']}, not 0")
     mine, theirs = flat(params), flat(other)
-    differ = sorted(k for k in mine.keys() | theirs.keys()
-                    if k != "benchmark.eta" and mine.get(k) != theirs.get(k))  # fmt: skip
-    data = [k for k in differ if k == "seed" or k.startswith(("data.", "benchmark."))]
-    if data:
-        raise SystemExit(f"{run}: not the same data as this run ({', '.join(data)} differ)")
-    columns = ["sample_id", "split", "true_label"]
-    same = read_manifest(run / "data/prepared/manifest.parquet").table[columns]
-    if (
-        not same.sort_values("sample_id")
-        .reset_index(drop=True)
-        .equals(manifest.table[columns].sort_values("sample_id").reset_index(drop=True))
-    ):
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    try:
+        prepared = read_manifest(run / "data/prepared/manifest.parquet")
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{run}: no prepared manifest to compare ({error})") from error
+    if "true_label" not in prepared.table or "true_label" not in manifest.table:
+        raise SystemExit(f"{run}: the manifests keep no true_label column: no truth to compare")
+    train = prepared.split("train")
+    if not (train["label"] == train["true_label"]).all():
+        raise SystemExit(f"{run}: its training labels are not the true ones (is its eta 0?)")
+    columns = ["sample_id", "path", "split", "true_label"]
+
+    def table(m: Manifest):
+        return m.table[columns].sort_values("sample_id").reset_index(drop=True)
+
+    if not table(prepared).equals(table(manifest)):
         raise SystemExit(f"{run}: its prepared images, splits or true labels are not this run's")
+    for path in manifest.table["path"].sample(min(64, len(manifest.table)), random_state=0):
+        if prepared.resolve(path).read_bytes() != manifest.resolve(path).read_bytes():
+            raise SystemExit(f"{run}: image {path} differs from this run's")
+    print(f"{run}: the same images; settings that differ: {', '.join(differ)}", file=sys.stderr)
     return differ
 
 
@@ -122,13 +135,15 @@ def component_effects(
 
 
 def row(step: str, val: float | None, test: float) -> dict:
+    """One line of the table (val is None where the step has no val figure)."""
     return {"step": step, "val_mce": None if val is None else round(val, 2),
             "test_mce": round(test, 2)}  # fmt: skip
 
 
-def pipeline_rows(run: Path, params: dict, member: str) -> list[dict]:
+def pipeline_rows(run: Path, params: dict, member: str, stored: dict | None = None) -> list[dict]:
     """Table 1's rows from one run's outputs: round 1's model, ``member`` step by step on the last
-    round's data, tau, TTA, the 3 members best on val and the tuned ensemble (val and test)."""
+    round's data, tau, TTA, the 3 members best on val and the tuned ensemble (val and test).
+    ``stored``: the run's view caches per member and scale, when already loaded."""
     tuned = load_params(run / "tuned.yaml")["members"]
     names = list(params["members"])
     ensemble = read_rows(run / "metrics/ensemble_rows.csv")
@@ -140,7 +155,8 @@ def pipeline_rows(run: Path, params: dict, member: str) -> list[dict]:
     # A 3-member ensemble: the three best members on val (after tau and TTA), equal weights.
     three = ranked_on_val({m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"]
                            for m in names})[:3]  # fmt: skip
-    stored = {m: load_views(run / "data/test_time" / m, scales) for m in names}
+    if stored is None:
+        stored = {m: load_views(run / "data/test_time" / m, scales) for m in names}
     small = {}
     for split in ("val", "test"):
         views = {m: {s: split_rows(c, split) for s, c in stored[m].items()} for m in names}
@@ -197,9 +213,11 @@ def main() -> None:
     ensemble = read_rows("metrics/ensemble_rows.csv")
     manifest = read_manifest("data/prepared/manifest.parquet")
 
+    stored = {m: load_views(Path("data/test_time") / m, params["test_time"]["scales"])
+              for m in names}  # fmt: skip
     rows = [
         row("plain timm recipe, noisy labels", None, baseline["plain_noisy"]),
-        *pipeline_rows(Path("."), params, member),
+        *pipeline_rows(Path("."), params, member, stored),
         row("plain timm recipe, TRUE labels", None, baseline["plain_oracle"]),
     ]
     previous = None
@@ -213,7 +231,10 @@ def main() -> None:
     if args.true_labels_run is not None:  # the same pipeline, row by row, on the true labels
         differ = check_true_label_run(args.true_labels_run, params, manifest)
         true_params = load_params(args.true_labels_run / "params.yaml")
-        for r, t in zip(rows[1:-1], pipeline_rows(args.true_labels_run, true_params, member)):
+        true_rows = pipeline_rows(args.true_labels_run, true_params, member)
+        for r, t in zip(rows[1:-1], true_rows, strict=True):  # the same steps in the same order
+            if t["step"] != r["step"]:  # e.g. another 3 best on val, or balance from hi-res there
+                r["true_labels_step"] = t["step"]
             r["true_labels_val_mce"], r["true_labels_test_mce"] = t["val_mce"], t["test_mce"]
             r["noise_cost"] = round(r["test_mce"] - t["test_mce"], 2)
         summary["true_labels_run"] = {"run": str(args.true_labels_run), "other_settings": differ}
@@ -233,8 +254,6 @@ def main() -> None:
         summary["noise_cost"] = rows[-2]["noise_cost"]
         summary["noise_cost_under_1"] = rows[-2]["noise_cost"] < 1.0
     tuned_file = load_params("tuned.yaml")
-    stored = {m: load_views(Path("data/test_time") / m, params["test_time"]["scales"])
-              for m in names}  # fmt: skip
     effects = component_effects(names, stored, tuned_file["decisions"], manifest.num_classes)
     print_table([{k: v for k, v in e.items() if not k.endswith(("grid", "curve"))}
                  for e in effects])  # fmt: skip

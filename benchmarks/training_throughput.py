@@ -67,8 +67,9 @@ def main() -> None:
     model_config = from_mapping(ModelConfig, params["model"], "model")
     config = from_mapping(TrainConfig, params["train"], "train")
     config = TrainConfig(**{**config.__dict__, "epochs": 1, "warmup_epochs": 0})
-    augment = AugmentConfig.from_params(params.get("augment"))  # the full recipe's mean / std:
-    augment = resolved_normalisation(augment, model_config, RecipeConfig())  # model.normalization
+    augment = AugmentConfig.from_params(params.get("augment"))
+    # the mean / std the full recipe trains on (model.normalization)
+    augment = resolved_normalisation(augment, model_config, RecipeConfig())
     channels = model_config.in_chans
     dataset = ImageDataset.from_manifest(
         manifest, "train", train_transform(config.image_size, augment, channels), channels=channels
