@@ -73,6 +73,10 @@ VARIANTS: dict[str, Callable[[dict], None]] = {
     "no_neighbours": cleaning(neighbour_weight=0.0),
     "early_predictions": cleaning(predictions="early"),
     "out_of_fold": cleaning(predictions="out_of_fold"),  # 2 fold models a round: 3x the time
+    # relabel a disagreeing sample predicted at least this confidently, instead of dropping it
+    # (off by default: 1.01); the lever the pretrained profile's noise cost points at
+    "relabel_0.5": cleaning(relabel_threshold=0.5),
+    "relabel_0.7": cleaning(relabel_threshold=0.7),
 }
 DEFAULT_VARIANTS = ("default", "threshold_0.5", "threshold_0.8", "judge_kept", "no_neighbours",
                     "early_predictions")  # fmt: skip
