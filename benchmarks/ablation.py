@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import RESULTS, print_table, write_result
@@ -43,14 +44,34 @@ from noisytail.test_time.cache import TTA_MODES, load_views, split_rows, tta_top
 from noisytail.test_time.scoring import ensemble_rows, read_rows
 
 
-def member_metrics(name: str, step: str, run: Path = Path(".")) -> dict:
-    return json.loads((run / f"metrics/members/{name}/{step}.json").read_text())
+@dataclass(frozen=True)
+class RunOutputs:
+    """What one finished `dvc repro` left that the table reads, each file read once."""
 
+    path: Path
+    params: dict
+    tuned: dict  # tuned.yaml: per-member tau / TTA / weights and the keep decisions
+    ensemble: dict  # metrics/ensemble_rows.csv: val and test of each member step and ensemble
+    manifest: Manifest  # data/prepared/manifest.parquet
+    stored: dict  # per member and scale, its test-time view cache
 
-def val_curve(name: str, step: str) -> list[float]:
-    """A member step's val mean class error after each of its epochs."""
-    done = json.loads(Path(f"models/members/{name}/{step}/done.json").read_text())
-    return [round(h["val_mean_class_error"], 2) for h in done["history"]]
+    @classmethod
+    def load(cls, run: Path, params: dict) -> RunOutputs:
+        scales = params["test_time"]["scales"]
+        return cls(
+            run, params, load_params(run / "tuned.yaml"),
+            read_rows(run / "metrics/ensemble_rows.csv"),
+            read_manifest(run / "data/prepared/manifest.parquet"),
+            {m: load_views(run / "data/test_time" / m, scales) for m in params["members"]},
+        )  # fmt: skip
+
+    def member_metrics(self, name: str, step: str) -> dict:
+        return json.loads((self.path / f"metrics/members/{name}/{step}.json").read_text())
+
+    def val_curve(self, name: str, step: str) -> list[float]:
+        """A member step's val mean class error after each of its epochs."""
+        done = json.loads((self.path / f"models/members/{name}/{step}/done.json").read_text())
+        return [round(h["val_mean_class_error"], 2) for h in done["history"]]
 
 
 def flat(tree: dict, prefix: str = "") -> dict:
@@ -95,24 +116,23 @@ def check_true_label_run(run: Path, params: dict, manifest: Manifest) -> list[st
     return differ
 
 
-def component_effects(
-    names: list[str], stored: dict[str, dict[str, dict]], decisions: dict, num_classes: int
-) -> list[dict]:
+def component_effects(run: RunOutputs) -> list[dict]:
     """Per member: each component's val (and test) mean class error against what it replaces.
 
     ``tta_best`` is the lowest of the scale x mode grid on val, so its change is never positive
     (a best-of-12 on the same rows); ``tau_kept`` / ``tta_kept`` are the pipeline's decisions
     under the keep rule (a win by more than 2 paired standard errors), the honest count."""
-    effects = []
-    for name in names:
-        full, hires = member_metrics(name, "full"), member_metrics(name, "hires")
+    effects, stored, decisions = [], run.stored, run.tuned["decisions"]
+    for name in run.params["members"]:
+        full, hires = run.member_metrics(name, "full"), run.member_metrics(name, "hires")
         grid: dict[str, dict[str, float]] = {}
         for scale, cache in stored[name].items():
             splits = {split: split_rows(cache, split) for split in ("val", "test")}
             for mode in TTA_MODES:
                 grid[f"{scale}/{mode}"] = {
                     split: round(classification_report(
-                        tta_top_k(rows, None, mode)[0][:, 0], rows["label"], num_classes,
+                        tta_top_k(rows, None, mode)[0][:, 0], rows["label"],
+                        run.manifest.num_classes,
                     )["mean_class_error"], 2)
                     for split, rows in splits.items()
                 }  # fmt: skip
@@ -125,7 +145,8 @@ def component_effects(
                                       - full["val"]["mean_class_error"], 2),
             "hires_test_change": round(hires["test"]["mean_class_error"]
                                        - full["test"]["mean_class_error"], 2),
-            "full_val_curve": val_curve(name, "full"), "hires_val_curve": val_curve(name, "hires"),
+            "full_val_curve": run.val_curve(name, "full"),
+            "hires_val_curve": run.val_curve(name, "hires"),
             "tau": tau["tuned"], "tau_val_change": tau["val_difference"], "tau_kept": tau["kept"],
             "tta_best": best, "tta_val_change": round(grid[best]["val"] - plain["val"], 2),
             "tta_test_change": round(grid[best]["test"] - plain["test"], 2),
@@ -140,14 +161,11 @@ def row(step: str, val: float | None, test: float) -> dict:
             "test_mce": round(test, 2)}  # fmt: skip
 
 
-def pipeline_rows(run: Path, params: dict, member: str, stored: dict | None = None) -> list[dict]:
+def pipeline_rows(run: RunOutputs, member: str) -> list[dict]:
     """Table 1's rows from one run's outputs: round 1's model, ``member`` step by step on the last
-    round's data, tau, TTA, the 3 members best on val and the tuned ensemble (val and test).
-    ``stored``: the run's view caches per member and scale, when already loaded."""
-    tuned = load_params(run / "tuned.yaml")["members"]
+    round's data, tau, TTA, the 3 members best on val and the tuned ensemble (val and test)."""
+    params, ensemble, manifest = run.params, run.ensemble, run.manifest
     names = list(params["members"])
-    ensemble = read_rows(run / "metrics/ensemble_rows.csv")
-    manifest = read_manifest(run / "data/prepared/manifest.parquet")
     counts = manifest.class_counts("train", "true_label").to_numpy()
     scales = params["test_time"]["scales"]
     last_round = params["cleaning"]["rounds"][-1]["round"]
@@ -155,26 +173,24 @@ def pipeline_rows(run: Path, params: dict, member: str, stored: dict | None = No
     # A 3-member ensemble: the three best members on val (after tau and TTA), equal weights.
     three = ranked_on_val({m: ensemble[f"{m}/tau+tta"]["val"]["mean_class_error"]
                            for m in names})[:3]  # fmt: skip
-    if stored is None:
-        stored = {m: load_views(run / "data/test_time" / m, scales) for m in names}
     small = {}
     for split in ("val", "test"):
-        views = {m: {s: split_rows(c, split) for s, c in stored[m].items()} for m in names}
+        views = {m: {s: split_rows(c, split) for s, c in run.stored[m].items()} for m in names}
         labels = views[names[0]][f"{scales[0]:g}"]["label"]
-        rows, _ = ensemble_rows(views, tuned, f"{scales[0]:g}", params["tuning"]["top"],
-                                {"three": three})  # fmt: skip
+        rows, _ = ensemble_rows(views, run.tuned["members"], f"{scales[0]:g}",
+                                params["tuning"]["top"], {"three": three})  # fmt: skip
         small[split] = classification_report(rows["three"][:, 0], labels, manifest.num_classes,
                                              counts)  # fmt: skip
 
     def from_members(step: str, file: str) -> dict:
-        m = member_metrics(member, file, run)
+        m = run.member_metrics(member, file)
         return row(step, m["val"]["mean_class_error"], m["test"]["mean_class_error"])
 
     def from_ensemble(step: str, key: str) -> dict:
         m = ensemble[key]
         return row(step, m["val"]["mean_class_error"], m["test"]["mean_class_error"])
 
-    round_1 = json.loads((run / "metrics/round_1.json").read_text())
+    round_1 = json.loads((run.path / "metrics/round_1.json").read_text())
     return [
         row("noisytail recipe, noisy labels (round 1's model)", None,
             round_1["test"]["mean_class_error"]),
@@ -182,7 +198,7 @@ def pipeline_rows(run: Path, params: dict, member: str, stored: dict | None = No
         from_members("+ hi-res fine-tune", "hires"),
         from_members("+ balanced classifier" + (
             " (from full: hi-res made val worse)"
-            if member_metrics(member, "balance", run).get("start") == "full" else ""), "balance"),
+            if run.member_metrics(member, "balance").get("start") == "full" else ""), "balance"),
         from_ensemble("+ tau", f"{member}/tau"),
         from_ensemble("+ TTA", f"{member}/tau+tta"),
         row(f"+ 3-member ensemble ({', '.join(three)})", small["val"]["mean_class_error"],
@@ -210,14 +226,11 @@ def main() -> None:
     member = args.member or names[0]
     seed = int(params["seed"])
     baseline = json.loads((RESULTS / f"{args.baseline}.json").read_text())["summary"][str(seed)]
-    ensemble = read_rows("metrics/ensemble_rows.csv")
-    manifest = read_manifest("data/prepared/manifest.parquet")
-
-    stored = {m: load_views(Path("data/test_time") / m, params["test_time"]["scales"])
-              for m in names}  # fmt: skip
+    run = RunOutputs.load(Path("."), params)
+    ensemble = run.ensemble
     rows = [
         row("plain timm recipe, noisy labels", None, baseline["plain_noisy"]),
-        *pipeline_rows(Path("."), params, member, stored),
+        *pipeline_rows(run, member),
         row("plain timm recipe, TRUE labels", None, baseline["plain_oracle"]),
     ]
     previous = None
@@ -229,9 +242,9 @@ def main() -> None:
     rows[-1]["delta"] = None
     summary: dict = {}
     if args.true_labels_run is not None:  # the same pipeline, row by row, on the true labels
-        differ = check_true_label_run(args.true_labels_run, params, manifest)
+        differ = check_true_label_run(args.true_labels_run, params, run.manifest)
         true_params = load_params(args.true_labels_run / "params.yaml")
-        true_rows = pipeline_rows(args.true_labels_run, true_params, member)
+        true_rows = pipeline_rows(RunOutputs.load(args.true_labels_run, true_params), member)
         for r, t in zip(rows[1:-1], true_rows, strict=True):  # the same steps in the same order
             if t["step"] != r["step"]:  # e.g. another 3 best on val, or balance from hi-res there
                 r["true_labels_step"] = t["step"]
@@ -253,8 +266,7 @@ def main() -> None:
         summary["full_pipeline_true_labels"] = rows[-2]["true_labels_test_mce"]
         summary["noise_cost"] = rows[-2]["noise_cost"]
         summary["noise_cost_under_1"] = rows[-2]["noise_cost"] < 1.0
-    tuned_file = load_params("tuned.yaml")
-    effects = component_effects(names, stored, tuned_file["decisions"], manifest.num_classes)
+    effects = component_effects(run)
     print_table([{k: v for k, v in e.items() if not k.endswith(("grid", "curve"))}
                  for e in effects])  # fmt: skip
     summary["members_helped_on_val"] = {  # hires: lower val (its step is built on only then)

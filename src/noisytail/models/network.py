@@ -174,6 +174,13 @@ def save_network(model: NoisyTailNet, path: str | os.PathLike, classes: tuple[st
     return path
 
 
+def saved_view(path: str | os.PathLike) -> dict:
+    """The view a saved model was trained with (image size, crop, input mean / std), from its
+    ``model.json``; empty for weights saved without one (older versions, a bare state dict)."""
+    meta = Path(path).with_suffix(".json")
+    return (json.loads(meta.read_text()).get("view") or {}) if meta.is_file() else {}
+
+
 def load_network(path: str | os.PathLike) -> tuple[NoisyTailNet, tuple[str, ...]]:
     """Rebuild a saved network (no pretrained download: the saved weights replace them)."""
     path = Path(path)
@@ -182,5 +189,5 @@ def load_network(path: str | os.PathLike) -> tuple[NoisyTailNet, tuple[str, ...]
     meta = json.loads(path.with_suffix(".json").read_text())
     model = build_network(ModelConfig(**meta["model"]), len(meta["classes"]))
     model.load_state_dict(load_file(str(path)))
-    model.view = meta.get("view")
+    model.view = saved_view(path) or None
     return model, tuple(meta["classes"])

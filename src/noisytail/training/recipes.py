@@ -13,7 +13,6 @@ sampler it imposes; ``run_recipe`` does the rest the same way for all of them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,7 +27,12 @@ from noisytail.config.training import RecipeConfig, TrainConfig
 from noisytail.data.dataset import ImageDataset
 from noisytail.data.manifest import Manifest, manifest_digest
 from noisytail.data.transforms import eval_transform, train_transform
-from noisytail.models.network import NoisyTailNet, build_network, input_normalisation
+from noisytail.models.network import (
+    NoisyTailNet,
+    build_network,
+    input_normalisation,
+    saved_view,
+)
 from noisytail.tracking import RunTracker
 from noisytail.training.checkpoints import (
     claim_run_dir,
@@ -199,8 +203,7 @@ def resolved_normalisation(
     if augment.mean:
         return augment
     if recipe.init_from:
-        meta = Path(recipe.init_from).with_suffix(".json")
-        view = (json.loads(meta.read_text()).get("view") or {}) if meta.is_file() else {}
+        view = saved_view(recipe.init_from)
         if view.get("mean"):
             return replace(augment, mean=view["mean"], std=view["std"])
     mean, std = input_normalisation(model_config)
@@ -232,9 +235,9 @@ def run_tracked_recipe(
 ) -> dict:
     """``run_recipe`` logged to ``tracker``: its configs, the training rows as a dataset
     (``dataset`` = source path, name, DVC round), per-epoch and final metrics, the model."""
-    shown = resolved_normalisation(augment, model_config, recipe)  # the mean / std it uses
+    augment = resolved_normalisation(augment, model_config, recipe)  # the mean / std it uses
     tracker.log_params({"recipe": asdict(recipe), "model": asdict(model_config),
-                        "train": asdict(train_config), "augment": asdict(shown),
+                        "train": asdict(train_config), "augment": asdict(augment),
                         "seed": seed, "num_processes": accelerator.num_processes})  # fmt: skip
     if dataset is not None:
         rows = manifest.split("train")
