@@ -5,16 +5,18 @@
 Per cleaning round and threshold t: the judged samples that ``cleaning.relabel_threshold: t``
 would relabel (the prediction disagrees with the given label at confidence >= t, the round's own
 scores), how many of those it would fix (the prediction is the true label), how many clean labels
-it would break, and the share of the round's wrong labels it would fix. The run itself need not
-relabel (every profile has it off, 1.01): its decisions hold the scores. A benchmark's report on
-the truth, not a choice: the threshold is chosen on val, by `cleaning_rounds.py --variants
-relabel_0.5 relabel_0.7`.
+it would break, and the share of the round's wrong labels it would fix (``dropped_in_run``: how
+many of them the run dropped instead). The run itself need not relabel (every profile has it off,
+1.01): its decisions hold the scores. A benchmark's report on the truth, not a choice: the
+threshold is chosen on val, by `cleaning_rounds.py --variants relabel_0.5 relabel_0.7`.
 
 A first-order estimate: rounds after the first were judged by models trained without relabels,
 and the class floor (which counts kept samples by their new label) may give back other drops. A
 round the chance guard held back (its report's ``evidence.cleans`` false) would relabel nothing
 and is reported as such. Relabelling applies to a val cut from the given labels too (a relabelled
-val sample is left out of tuning); this report counts training samples only.
+val sample is left out of tuning); this report counts training samples only. Meant for a run
+that did not relabel: in one that did, with ``judge: kept``, a round's ``label`` is the label an
+earlier round gave, not the given one.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ def candidates(decisions: pd.DataFrame, true_label: np.ndarray, threshold: float
         "fixed": fixed,
         "clean_broken": int((chosen & ~wrong).sum()),
         "still_wrong": int((chosen & wrong & (pred != true_label)).sum()),
-        "precision": round(fixed / chosen.sum(), 4) if chosen.any() else None,
+        "relabel_precision": round(fixed / chosen.sum(), 4) if chosen.any() else None,
         "wrong_labels": int(wrong.sum()),
         "wrong_fixed_share": round(fixed / wrong.sum(), 4) if wrong.any() else None,
-        "now_dropped": int((chosen & (decisions["action"].to_numpy() == "drop")).sum()),
+        "dropped_in_run": int((chosen & (decisions["action"].to_numpy() == "drop")).sum()),
     }
 
 
