@@ -80,7 +80,7 @@ def main() -> None:
         report = json.loads((path.parent / "report_full.json").read_text())
         cleans = report.get("evidence", {}).get("cleans", True)  # runs before the guard: cleaned
         for threshold in args.thresholds:
-            at = threshold if cleans else 2.0  # a round the guard held back relabels nothing
+            at = threshold if cleans else float("inf")  # a guarded round relabels nothing
             found = candidates(decisions[known], true_label[known], at)
             rows.append({"round": entry["round"], "threshold": threshold, "cleaned": cleans,
                          **found})  # fmt: skip

@@ -189,5 +189,5 @@ def load_network(path: str | os.PathLike) -> tuple[NoisyTailNet, tuple[str, ...]
     meta = json.loads(path.with_suffix(".json").read_text())
     model = build_network(ModelConfig(**meta["model"]), len(meta["classes"]))
     model.load_state_dict(load_file(str(path)))
-    model.view = saved_view(path) or None
+    model.view = meta.get("view")  # (saved_view: the same, for a path alone)
     return model, tuple(meta["classes"])
